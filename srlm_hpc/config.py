@@ -1,0 +1,348 @@
+"""Run configuration: frozen dataclasses, a preset file, and dotted key=value overrides.
+
+    python -m srlm_hpc.submit preset=demo stage=judge iter=1 judge.k=5 seed=7
+
+Top-level keys (`iter`, `seed`, `work_dir`, ...) belong to `RunConfig`; stage keys are
+dotted (`sft.lr`, `judge.k`). Unknown keys and bad values fail at once, all of them in
+one message, each naming the key and what it accepts. Where the paper is silent the
+default is our choice and the comment beside the field says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Literal
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    run: str = "default"  # name of the run; manifests are kept per run
+    work_dir: str = "runs/default"  # every stage reads and writes under <work_dir>/iter<k>/
+    manifest_dir: str = ""  # empty: <work_dir>/manifests; on a cluster, a shared directory
+    model: str = "default"  # M0: "default" = embedded SmolLM2-135M-Instruct, or a HF model folder
+    seed: int = 1234
+    iter: int = 1  # iteration k: M_k writes prompts, responses and judgements, DPO makes M_{k+1}
+    stage: str = "all"
+    engine: Literal["auto", "hf", "vllm"] = "auto"  # auto: vllm when importable, else hf
+    executor: Literal["auto", "local", "slurm"] = "auto"  # auto: slurm when sbatch is on PATH
+    device: str = "auto"  # auto: cuda when available, else cpu
+    threads: int = 0  # torch CPU threads; 0 = all cores the job may use
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    ift_path: str = ""  # empty: the shipped seed set (srlm_hpc/seed/ift.jsonl)
+    eft_path: str = ""  # empty: the shipped seed set (srlm_hpc/seed/eft.jsonl)
+    use_eft: bool = True
+    lr: float = 5.5e-6  # paper: 5.5e-6 cosine-decayed to 1.1e-6
+    min_lr: float = 1.1e-6
+    warmup_steps: int = 0
+    batch_size: int = 16  # paper: 16 (sequences per optimizer step)
+    micro_batch_size: int = 4  # sequences per forward; batch_size must be a multiple
+    epochs: int = 1
+    max_len: int = 1024  # tokens; longer examples are truncated from the left of the prompt
+    dropout: float = 0.1  # paper: 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    autocast: Literal["none", "bf16"] = "none"
+
+
+@dataclass(frozen=True)
+class PromptsConfig:
+    n_prompts: int = 1000  # prompts kept per iteration (paper: ~4k-7k pairs survive from far more)
+    shard_size: int = 64
+    n_shot_ift: int = 6  # paper: 8-shot, 6 from IFT prompts ...
+    n_shot_generated: int = 2  # ... and 2 from prompts generated earlier
+    temperature: float = 0.6
+    top_p: float = 0.9
+    max_tokens: int = 96
+    oversample: float = 2.0  # candidates generated per kept prompt, before filtering
+    rouge_threshold: float = 0.7  # self-instruct's ROUGE-L near-duplicate cut
+    min_words: int = 3
+    max_words: int = 150
+    blacklist: tuple[str, ...] = ("image", "images", "graph", "graphs", "picture", "pictures",
+                                  "file", "files", "map", "maps", "draw", "plot", "go to", "video",
+                                  "audio", "flowchart", "diagram")  # self-instruct's list
+    generator_model: str = ""  # empty: M_k itself (the paper used a fixed Llama 2-Chat 70B)
+
+
+@dataclass(frozen=True)
+class ResponsesConfig:
+    n: int = 4  # paper: N = 4
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_tokens: int = 512
+    shard_size: int = 32  # prompts per shard
+    batch_size: int = 8  # prompts per generate call
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    k: int = 3  # paper: 3 judge samples per response, mean of the parseable ones
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_tokens: int = 256  # the rubric asks for up to 100 words plus the score line
+    shard_size: int = 32  # prompts per shard (each with n responses)
+    batch_size: int = 8  # responses per generate call
+    judge_model: str = ""  # empty: M_k judges itself
+
+
+@dataclass(frozen=True)
+class PairsConfig:
+    tie_break: Literal["first", "variance", "shortest"] = "first"
+    min_valid: int = 2  # a prompt needs at least 2 scored responses
+    records_per_file: int = 100_000
+    zstd_level: int = 3
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    beta: float = 0.1  # paper: 0.1
+    lr: float = 1e-6  # paper: 1e-6 decaying to 1e-7
+    min_lr: float = 1e-7
+    warmup_steps: int = 0
+    batch_size: int = 16  # paper: 16 pairs per optimizer step
+    micro_batch_size: int = 2  # pairs per forward
+    epochs: int = 1
+    max_len: int = 1024
+    dropout: float = 0.1  # paper: 0.1
+    grad_clip: float = 1.0
+    reference: Literal["previous", "sft"] = "previous"  # paper: M_t; "sft": M1 every iteration
+    logp_reduction: Literal["sum", "mean"] = "sum"  # paper and TRL: sum over response tokens
+    autocast: Literal["none", "bf16"] = "none"
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    responses: ResponsesConfig = field(default_factory=ResponsesConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+
+    # ---- paths every stage agrees on -------------------------------------------------
+    @property
+    def work_dir(self) -> Path:
+        return Path(self.run.work_dir)
+
+    def iter_dir(self, k: int | None = None) -> Path:
+        return self.work_dir / f"iter{self.run.iter if k is None else k}"
+
+    def stage_dir(self, stage: str, k: int | None = None) -> Path:
+        return self.iter_dir(k) / stage
+
+    @property
+    def manifest_root(self) -> Path:
+        root = Path(self.run.manifest_dir) if self.run.manifest_dir else self.work_dir / "manifests"
+        return root / self.run.run
+
+
+class ConfigError(ValueError):
+    """A preset or override that does not fit the config; lists every problem at once."""
+
+
+def _sections() -> dict[str, type]:
+    return {f.name: f.type if isinstance(f.type, type) else globals()[f.type] for f in fields(Config)}
+
+
+def _accepts(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "a comma-separated list"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(value, tp):
+    """Turn a preset value or command-line string into the field's type, or raise ValueError."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ValueError
+        return value
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(str(s).strip() for s in items if str(s).strip())
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError
+    if tp is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        return int(value)
+    if tp is float:
+        return float(value)
+    return str(value)
+
+
+def _field_types(section_cls) -> dict[str, type]:
+    hints = typing.get_type_hints(section_cls)
+    return {f.name: hints[f.name] for f in fields(section_cls)}
+
+
+def _resolve_key(key: str) -> tuple[str, str] | None:
+    """'judge.k' -> ('judge', 'k'); 'iter' -> ('run', 'iter'); unknown -> None."""
+    sections = _sections()
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section in sections and name in _field_types(sections[section]):
+            return section, name
+        return None
+    if key in _field_types(RunConfig):
+        return "run", key
+    return None
+
+
+def _valid_keys() -> list[str]:
+    keys = list(_field_types(RunConfig))
+    for section, cls in _sections().items():
+        if section != "run":
+            keys += [f"{section}.{n}" for n in _field_types(cls)]
+    return keys
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def load_preset(name_or_path: str) -> dict[str, object]:
+    """A preset is a YAML or JSON file of nested sections; by name from srlm_hpc/presets/."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        candidates = [PRESET_DIR / f"{name_or_path}.{ext}" for ext in ("yaml", "yml", "json")]
+        found = [p for p in candidates if p.exists()]
+        if not found:
+            known = sorted(p.stem for p in PRESET_DIR.glob("*.*"))
+            raise ConfigError(f"preset={name_or_path!r}: no such preset; known presets: {', '.join(known)}"
+                              f" (or give a path to a .yaml/.json file)")
+        path = found[0]
+    if not path.exists():
+        raise ConfigError(f"preset={name_or_path}: file not found")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+    except Exception as e:  # parse errors of either format
+        raise ConfigError(f"{path}: cannot parse preset: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a preset must be a mapping of sections, got {type(data).__name__}")
+    return _flatten(data)
+
+
+def build_config(overrides: dict[str, object] | None = None, base: Config | None = None) -> Config:
+    """Apply flat overrides ({'judge.k': '5', 'iter': '2'}) to `base`; every error at once."""
+    cfg = base or Config()
+    updates: dict[str, dict[str, object]] = {}
+    problems = []
+    for key, raw in (overrides or {}).items():
+        where = _resolve_key(key)
+        if where is None:
+            problems.append(f"unknown key {key!r}; valid keys: {', '.join(_valid_keys())}")
+            continue
+        section, name = where
+        tp = _field_types(_sections()[section])[name]
+        try:
+            updates.setdefault(section, {})[name] = _coerce(raw, tp)
+        except (TypeError, ValueError):
+            problems.append(f"{key}={raw!r}: expected {_accepts(tp)}")
+    if problems:
+        raise ConfigError("bad configuration:\n  " + "\n  ".join(problems))
+    for section, values in updates.items():
+        cfg = replace(cfg, **{section: replace(getattr(cfg, section), **values)})
+    return _validate(cfg)
+
+
+def _validate(cfg: Config) -> Config:
+    problems = []
+    if cfg.run.iter < 1:
+        problems.append(f"iter={cfg.run.iter}: expected an integer >= 1")
+    for section in ("sft", "dpo"):
+        sec = getattr(cfg, section)
+        if sec.batch_size % sec.micro_batch_size:
+            problems.append(f"{section}.batch_size={sec.batch_size}: expected a multiple of "
+                            f"{section}.micro_batch_size={sec.micro_batch_size}")
+    if cfg.responses.n < 2:
+        problems.append(f"responses.n={cfg.responses.n}: expected at least 2 (a pair needs two responses)")
+    if cfg.judge.k < 1:
+        problems.append(f"judge.k={cfg.judge.k}: expected at least 1")
+    for key in ("prompts.shard_size", "responses.shard_size", "judge.shard_size"):
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) < 1:
+            problems.append(f"{key}: expected an integer >= 1")
+    if problems:
+        raise ConfigError("bad configuration:\n  " + "\n  ".join(problems))
+    return cfg
+
+
+def parse_args(argv: list[str]) -> tuple[Config, dict[str, str]]:
+    """key=value arguments -> Config. `preset=NAME` is applied first, then the others."""
+    pairs: dict[str, str] = {}
+    problems = []
+    for arg in argv:
+        if "=" not in arg or arg.startswith("="):
+            problems.append(f"argument {arg!r}: expected key=value (e.g. stage=judge iter=2)")
+            continue
+        k, v = arg.split("=", 1)
+        pairs[k.strip().lstrip("-")] = v
+    if problems:
+        raise ConfigError("bad arguments:\n  " + "\n  ".join(problems))
+    preset = pairs.pop("preset", None)
+    merged: dict[str, object] = load_preset(preset) if preset else {}
+    merged.update(pairs)
+    return build_config(merged), pairs
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """Resolve relative directories once, at submit time, so array tasks agree on them."""
+    run = cfg.run
+    return replace(cfg, run=replace(
+        run,
+        work_dir=str(Path(run.work_dir).expanduser().resolve()),
+        manifest_dir=str(Path(run.manifest_dir).expanduser().resolve()) if run.manifest_dir else "",
+    ))
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict) -> Config:
+    """Inverse of to_dict, through the same checks as the command line."""
+    flat = {}
+    for section, values in d.items():
+        for name, value in values.items():
+            flat[name if section == "run" else f"{section}.{name}"] = value
+    return build_config(flat)
+
+
+def env_threads() -> int:
+    """CPUs this process may use: Slurm's allocation when inside a job, else the affinity mask."""
+    if os.environ.get("SLURM_CPUS_PER_TASK"):
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
+    return len(os.sched_getaffinity(0))

@@ -1,0 +1,41 @@
+"""The one interface every stage generates through: batched chat generation with n samples.
+
+Two implementations sit behind it: `hf` (transformers' generate, CPU or GPU, left-padded
+batches) and `vllm` (offline `vllm.LLM`). A stage never knows which one it has.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    n: int = 1  # samples per conversation
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_tokens: int = 256
+    seed: int = 0  # the whole call's output depends only on its inputs and this seed
+    stop: tuple[str, ...] = ()  # extra stop strings; the chat template's end token always stops
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    n_tokens: int
+    finish_reason: str  # "stop" (end token or stop string) or "length" (hit max_tokens)
+
+
+class Engine(Protocol):
+    name: str
+
+    def generate(self, conversations: list[list[dict]], params: SamplingConfig) -> list[list[Completion]]:
+        """For each conversation (chat messages), `params.n` completions of the assistant turn."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        ...
+
+    def close(self) -> None:
+        ...

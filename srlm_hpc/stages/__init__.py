@@ -1,0 +1,25 @@
+"""The stages of one self-rewarding iteration, in order. Each stage module defines
+
+    plan(cfg) -> (n_shards, keys)      how the stage splits; keys must not change on resume
+    run_shard(cfg, shard) -> FileInfo  do one shard, write its output atomically, describe it
+
+and reads its inputs from the work dir only: no stage knows how it was launched.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+ORDER = ("sft", "prompts", "responses", "judge", "pairs", "dpo")
+
+
+def stage_names(iteration: int) -> list[str]:
+    """SFT (M0 -> M1) happens once, in iteration 1."""
+    return [s for s in ORDER if s != "sft" or iteration == 1]
+
+
+def get_stage(name: str) -> ModuleType:
+    if name not in ORDER:
+        raise ValueError(f"stage={name!r}: expected one of {', '.join(ORDER)}, or all")
+    return importlib.import_module(f"{__name__}.{name}")

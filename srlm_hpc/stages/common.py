@@ -1,0 +1,26 @@
+"""What every data stage needs: the model of this iteration and an engine loaded once per process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import Config
+from ..engines import Engine, make_engine, resolve_engine_name
+from ..models import model_path, resolve_device
+
+_ENGINES: dict[tuple, Engine] = {}
+
+
+def current_model(cfg: Config, override: str = "") -> Path:
+    """M_k for iteration k (the model that generates and judges), unless a stage names another."""
+    return Path(override) if override else model_path(cfg, cfg.run.iter)
+
+
+def engine_for(cfg: Config, path: Path, batch_size: int) -> Engine:
+    """One engine per (engine, model) per process: a local run of many shards loads it once."""
+    key = (resolve_engine_name(cfg.run.engine), str(path), batch_size)
+    if key not in _ENGINES:
+        for old in list(_ENGINES):
+            _ENGINES.pop(old).close()
+        _ENGINES[key] = make_engine(key[0], str(path), resolve_device(cfg.run.device), batch_size)
+    return _ENGINES[key]

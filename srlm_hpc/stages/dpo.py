@@ -1,0 +1,103 @@
+"""Stage `dpo`: M_{k+1} = DPO(M_k, pairs of iteration k), reference frozen (SPEC.md step 5).
+
+The reference log-probs are computed once, up front, under no_grad, and the reference
+model is freed before the policy trains: only one model is in memory while training.
+Both passes get per-sequence summed log-probs from the log-prob kernel.
+
+    python -m srlm_hpc.submit stage=dpo iter=1 preset=demo
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import Config
+from ..files import FileInfo, file_info, iter_jsonl
+from ..models import load_model, load_tokenizer, model_path, resolve_device, save_model, weights_file
+from ..schema import PairRecord
+from ..shards import upstream_outputs
+from ..training.dpo_loss import dpo_loss, response_logps
+from ..training.loop import batch_plan, train
+from ..training.tokenize import collate, encode_prompt, encode_target, join
+
+STAGE, UPSTREAM = "dpo", "pairs"
+
+
+def plan(cfg: Config) -> tuple[int, dict]:
+    return 1, {"reference": cfg.dpo.reference}
+
+
+def load_pairs(cfg: Config) -> list[PairRecord]:
+    pairs = []
+    for info in upstream_outputs(cfg, UPSTREAM):
+        pairs += [PairRecord.from_dict(r, where=f"{info.path}:{i}") for i, r in enumerate(iter_jsonl(info.path), 1)]
+    return pairs
+
+
+def encode_pairs(tok, pairs: list[PairRecord], max_len: int) -> list[tuple[tuple, tuple]]:
+    out = []
+    for p in pairs:
+        prompt = encode_prompt(tok, [{"role": "user", "content": p.prompt}])
+        out.append((join(prompt, encode_target(tok, p.chosen), max_len),
+                    join(prompt, encode_target(tok, p.rejected), max_len)))
+    return out
+
+
+def pair_batch(encoded, idx: list[int], pad_id: int, device: str) -> dict[str, torch.Tensor]:
+    """Chosen sequences first, then rejected: one forward computes both."""
+    seqs = [encoded[i][0] for i in idx] + [encoded[i][1] for i in idx]
+    return {k: v.to(device) for k, v in collate(seqs, pad_id).items()}
+
+
+def reference_model_path(cfg: Config):
+    return model_path(cfg, 1) if cfg.dpo.reference == "sft" else model_path(cfg, cfg.run.iter)
+
+
+@torch.no_grad()
+def reference_logps(cfg: Config, encoded, pad_id: int, device: str) -> torch.Tensor:
+    """[n_pairs, 2] (chosen, rejected) log-probs under the frozen reference."""
+    ref = load_model(reference_model_path(cfg), device=device).eval()
+    out = []
+    mb = cfg.dpo.micro_batch_size
+    for start in range(0, len(encoded), mb):
+        idx = list(range(start, min(start + mb, len(encoded))))
+        lp = response_logps(ref, pair_batch(encoded, idx, pad_id, device), cfg.dpo.logp_reduction)
+        out.append(torch.stack([lp[:len(idx)], lp[len(idx):]], dim=1).cpu())
+    del ref
+    return torch.cat(out) if out else torch.zeros(0, 2)
+
+
+def run_shard(cfg: Config, shard: int) -> FileInfo:
+    d = cfg.dpo
+    device = resolve_device(cfg.run.device)
+    policy_path = model_path(cfg, cfg.run.iter)
+    tok = load_tokenizer(policy_path)
+    pairs = load_pairs(cfg)
+    if not pairs:
+        raise ValueError(f"iter {cfg.run.iter}: the pairs stage kept no pairs; nothing to train on "
+                         f"(see {cfg.stage_dir('pairs') / 'stats.json'} for why prompts were dropped)")
+    encoded = encode_pairs(tok, pairs, d.max_len)
+    ref = reference_logps(cfg, encoded, tok.pad_token_id, device)
+    policy = load_model(policy_path, device=device, dropout=d.dropout)
+    plan_ = batch_plan(len(encoded), d.batch_size, d.epochs, cfg.run.seed)
+
+    def micro_step(idx: list[int], batch: list[int]):
+        with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=d.autocast == "bf16"):
+            lp = response_logps(policy, pair_batch(encoded, idx, tok.pad_token_id, device), d.logp_reduction)
+        n = len(idx)
+        r = ref[idx].to(lp.device)
+        losses, chosen_r, rejected_r = dpo_loss(lp[:n], lp[n:], r[:, 0], r[:, 1], d.beta)
+        share = n / len(batch)
+        return losses.sum() / len(batch), {
+            "loss": losses.mean().item() * share,
+            "reward_chosen": chosen_r.mean().item() * share,
+            "reward_rejected": rejected_r.mean().item() * share,
+            "reward_margin": (chosen_r - rejected_r).mean().item() * share,
+            "reward_accuracy": (chosen_r > rejected_r).float().mean().item() * share,
+        }
+
+    train(policy, plan_, d.micro_batch_size, micro_step, lr=d.lr, min_lr=d.min_lr, warmup=d.warmup_steps,
+          weight_decay=0.0, grad_clip=d.grad_clip, stage_dir=cfg.stage_dir(STAGE),
+          checkpoint_every=max(1, len(plan_) // 4), desc="dpo")
+    out = save_model(policy, tok, cfg.stage_dir(STAGE) / "model")
+    return file_info(weights_file(out), records=len(pairs))

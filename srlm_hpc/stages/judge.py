@@ -1,0 +1,55 @@
+"""Stage `judge`: M_k scores every response with the paper's additive 0-5 rubric.
+
+Each response is judged k times (default 3) with the response sampling settings; the
+score is the mean of the samples that parse (`judge_parse.parse_score`), None when none
+does. The judge's raw texts are kept beside the scores.
+
+    python -m srlm_hpc.submit stage=judge iter=1 preset=demo
+"""
+
+from __future__ import annotations
+
+from ..config import Config
+from ..engines import SamplingConfig
+from ..files import FileInfo
+from ..judge_parse import parse_score
+from ..schema import ResponseSet, mean_score
+from ..shards import run_chunked, shard_output, shard_seed, upstream_range, upstream_total
+from ..templates import judge_messages
+from .common import current_model, engine_for
+
+STAGE, UPSTREAM = "judge", "responses"
+
+
+def plan(cfg: Config) -> tuple[int, dict]:
+    total = upstream_total(cfg, UPSTREAM)
+    size = cfg.judge.shard_size
+    return max(1, -(-total // size)), {"upstream_records": total, "shard_size": size, "seed": cfg.run.seed}
+
+
+def judge_sets(engine, sets: list[ResponseSet], params: SamplingConfig) -> list[ResponseSet]:
+    """Fill judge_texts, judge_scores and score of every response in `sets`."""
+    flat = [(s, r) for s in sets for r in s.responses]
+    outs = engine.generate([judge_messages(s.prompt, r.text) for s, r in flat], params)
+    for (_, resp), samples in zip(flat, outs):
+        resp.judge_texts = [o.text for o in samples]
+        resp.judge_scores = [parse_score(o.text) for o in samples]
+        resp.score = mean_score(resp.judge_scores)
+    return sets
+
+
+def run_shard(cfg: Config, shard: int) -> FileInfo:
+    j = cfg.judge
+    size = j.shard_size
+    sets = [ResponseSet.from_dict(rec, where=f"{UPSTREAM} record {shard * size + i}")
+            for i, rec in enumerate(upstream_range(cfg, UPSTREAM, shard * size, (shard + 1) * size))]
+    engine = engine_for(cfg, current_model(cfg, j.judge_model), batch_size=j.batch_size)
+    # A chunk is a few prompts; each contributes n responses x k judge samples.
+    per_chunk = max(1, j.batch_size // max(1, cfg.responses.n))
+
+    def judge_chunk(chunk: list[ResponseSet], c: int) -> list[dict]:
+        params = SamplingConfig(n=j.k, temperature=j.temperature, top_p=j.top_p, max_tokens=j.max_tokens,
+                                seed=shard_seed(cfg.run.seed, cfg.run.iter, STAGE, shard, c))
+        return [s.to_dict() for s in judge_sets(engine, chunk, params)]
+
+    return run_chunked(shard_output(cfg, STAGE, shard), sets, per_chunk, judge_chunk, desc=f"judge shard {shard}")

@@ -1,0 +1,67 @@
+"""Stage `sft`: M0 -> M1, fine-tuned on the IFT and EFT seed data (SPEC.md, seed data).
+
+IFT teaches answering; EFT teaches judging: its prompts are the judge rubric around an
+(instruction, response) and its targets a justification ending in "Score: N". Without
+EFT the embedded model never writes a parseable score. Loss on target tokens only.
+
+    python -m srlm_hpc.submit stage=sft iter=1 preset=demo
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..config import Config
+from ..data.oasst import load_seed
+from ..files import FileInfo, file_info
+from ..models import load_model, load_tokenizer, model_path, resolve_device, save_model, weights_file
+from ..training.loop import batch_plan, train
+from ..training.tokenize import IGNORE, collate, encode_prompt, encode_target, join
+
+STAGE = "sft"
+
+
+def plan(cfg: Config) -> tuple[int, dict]:
+    return 1, {"model": cfg.run.model}
+
+
+def seed_examples(cfg: Config) -> list[dict]:
+    examples = [dict(ex, source="ift") for ex in load_seed("ift", cfg.sft.ift_path or None)]
+    if cfg.sft.use_eft:
+        examples += [dict(ex, source="eft") for ex in load_seed("eft", cfg.sft.eft_path or None)]
+    return examples
+
+
+def encode(tok, examples: list[dict], max_len: int) -> list[tuple[list[int], int]]:
+    return [join(encode_prompt(tok, [{"role": "user", "content": ex["prompt"]}]),
+                 encode_target(tok, ex["response"]), max_len) for ex in examples]
+
+
+def run_shard(cfg: Config, shard: int) -> FileInfo:
+    s = cfg.sft
+    device = resolve_device(cfg.run.device)
+    base = model_path(cfg, 0)
+    tok = load_tokenizer(base)
+    model = load_model(base, device=device, dropout=s.dropout)
+    examples = seed_examples(cfg)
+    encoded = encode(tok, examples, s.max_len)
+    stage_dir = cfg.stage_dir(STAGE)
+    plan_ = batch_plan(len(encoded), s.batch_size, s.epochs, cfg.run.seed)
+
+    def micro_step(idx: list[int], batch: list[int]):
+        b = {k: v.to(device) for k, v in collate([encoded[i] for i in idx], tok.pad_token_id).items()}
+        n_batch_targets = sum(len(encoded[i][0]) - encoded[i][1] for i in batch)
+        with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=s.autocast == "bf16"):
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        labels = b["labels"][:, 1:]
+        token_loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels.flatten(),
+                                     ignore_index=IGNORE, reduction="sum")
+        loss = token_loss / n_batch_targets  # token mean over the whole optimizer batch
+        return loss, {"loss": loss.item(), "tokens": float((labels != IGNORE).sum())}
+
+    train(model, plan_, s.micro_batch_size, micro_step, lr=s.lr, min_lr=s.min_lr, warmup=s.warmup_steps,
+          weight_decay=s.weight_decay, grad_clip=s.grad_clip, stage_dir=stage_dir,
+          checkpoint_every=max(1, len(plan_) // 4), desc="sft")
+    out = save_model(model, tok, stage_dir / "model")
+    return file_info(weights_file(out), records=len(examples))

@@ -1,0 +1,84 @@
+"""Where a pipeline stands: per iteration and stage, shard counts and the shards to look at.
+
+    python -m srlm_hpc.status work_dir=runs/demo [run=NAME] [stale_after=600]
+
+A running shard is stale when its heartbeat is older than `stale_after` seconds, or, under
+Slurm, when its job has left the queue.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from .config import ConfigError, absolute_paths, parse_args
+from .manifest import StageManifest
+from .stages import ORDER
+
+
+def stage_report(man: StageManifest, stale_after: float, now: float) -> dict:
+    plan = man.plan()
+    states = man.states(plan["n_shards"]) if plan else []
+    counts = {"pending": 0, "running": 0, "done": 0, "failed": 0, "stale": 0}
+    attention = []
+    for st in states:
+        state = st.state
+        if state == "done" and man.verified_output(st) is None:
+            state = "pending"  # its output changed since: it will rerun
+        if state == "running" and (st.heartbeat or 0) < now - stale_after:
+            state = "stale"
+        counts[state] += 1
+        if state in ("failed", "stale"):
+            attention.append((st.shard, state, st.error or f"no heartbeat for {now - (st.heartbeat or 0):.0f}s",
+                              st.log))
+    return {"n_shards": len(states), "counts": counts, "attention": attention}
+
+
+def report(manifest_root: Path, stale_after: float = 600.0) -> list[tuple[int, str, dict]]:
+    rows = []
+    now = time.time()
+    for it_dir in sorted(manifest_root.glob("iter*"), key=lambda p: int(p.name[4:])):
+        k = int(it_dir.name[4:])
+        for stage in ORDER:
+            if (it_dir / stage / "plan.json").exists():
+                rows.append((k, stage, stage_report(StageManifest(manifest_root, k, stage), stale_after, now)))
+    return rows
+
+
+def print_report(rows, out=sys.stdout) -> None:
+    if not rows:
+        print("no stage has been planned yet", file=out)
+        return
+    print(f"{'iter':>4} {'stage':<10} {'shards':>6} {'done':>6} {'running':>8} {'pending':>8} {'failed':>7} "
+          f"{'stale':>6}", file=out)
+    for k, stage, r in rows:
+        c = r["counts"]
+        print(f"{k:>4} {stage:<10} {r['n_shards']:>6} {c['done']:>6} {c['running']:>8} {c['pending']:>8} "
+              f"{c['failed']:>7} {c['stale']:>6}", file=out)
+        for shard, state, why, log in r["attention"]:
+            print(f"       shard {shard:05d} {state}: {why}" + (f" (log: {log})" if log else ""), file=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    stale_after = 600.0
+    rest = []
+    for a in args:
+        if a.startswith("stale_after="):
+            stale_after = float(a.split("=", 1)[1])
+        else:
+            rest.append(a)
+    try:
+        cfg, _ = parse_args(rest)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    cfg = absolute_paths(cfg)
+    print(f"run {cfg.run.run!r}, manifests in {cfg.manifest_root}")
+    print_report(report(cfg.manifest_root, stale_after))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

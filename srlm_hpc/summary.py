@@ -1,0 +1,59 @@
+"""The iteration's headline numbers: <work_dir>/iter<k>/summary.json."""
+
+from __future__ import annotations
+
+import json
+
+from .config import Config
+from .files import atomic_write_json, iter_jsonl, read_json
+from .models import model_path
+from .shards import upstream_outputs
+
+
+def judge_counts(cfg: Config) -> dict[str, int]:
+    samples = parsed = responses = scored = 0
+    for info in upstream_outputs(cfg, "judge"):
+        for rec in iter_jsonl(info.path):
+            for r in rec["responses"]:
+                responses += 1
+                scored += r["score"] is not None
+                samples += len(r["judge_scores"])
+                parsed += sum(s is not None for s in r["judge_scores"])
+    return {"judge_samples": samples, "judge_parsed": parsed, "n_responses": responses, "n_scored": scored}
+
+
+def dpo_losses(cfg: Config) -> list[float]:
+    log = cfg.stage_dir("dpo") / "train_log.jsonl"
+    return [json.loads(line)["loss"] for line in log.read_text().splitlines() if line.strip()]
+
+
+def write_summary(cfg: Config) -> dict:
+    k = cfg.run.iter
+    counts = judge_counts(cfg)
+    losses = dpo_losses(cfg)
+    summary = {
+        "iter": k,
+        "n_prompts": sum(i.records for i in upstream_outputs(cfg, "prompts")),
+        "n_responses": counts["n_responses"],
+        "n_scored_responses": counts["n_scored"],
+        "judge_parse_rate": counts["judge_parsed"] / counts["judge_samples"] if counts["judge_samples"] else 0.0,
+        "n_pairs": sum(i.records for i in upstream_outputs(cfg, "pairs")),
+        "pairs_stats": read_json(cfg.stage_dir("pairs") / "stats.json"),
+        "dpo_steps": len(losses),
+        "dpo_loss_first": losses[0] if losses else None,
+        "dpo_loss_last": losses[-1] if losses else None,
+        "model_in": str(model_path(cfg, k)),
+        "model_out": str(model_path(cfg, k + 1)),
+    }
+    atomic_write_json(cfg.iter_dir() / "summary.json", summary)
+    return summary
+
+
+def print_summary(summary: dict) -> None:
+    rows = [("prompts", summary["n_prompts"]), ("responses", summary["n_responses"]),
+            ("judge parse rate", f"{summary['judge_parse_rate']:.3f}"), ("pairs", summary["n_pairs"]),
+            ("DPO loss first -> last", f"{summary['dpo_loss_first']:.4f} -> {summary['dpo_loss_last']:.4f}"),
+            ("model out", summary["model_out"])]
+    print(f"\n=== iteration {summary['iter']} summary ===")
+    for name, value in rows:
+        print(f"  {name:<24} {value}")

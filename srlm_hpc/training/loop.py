@@ -1,0 +1,120 @@
+"""The optimizer loop both training stages run: fixed batches, cosine LR, resumable exactly.
+
+The batch order is a pure function of (seed, epoch), so a run resumed from a checkpoint at
+step s sees exactly the batches an uninterrupted run sees from step s on: no sample is
+skipped or repeated. A checkpoint holds model, optimizer, step and RNG state, written
+atomically into <stage_dir>/checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from ..files import atomic_open, fsync_dir
+
+
+def batch_plan(n_examples: int, batch_size: int, epochs: int, seed: int) -> list[list[int]]:
+    """Every optimizer step's example indices, for all epochs; the last batch may be short."""
+    steps = []
+    for epoch in range(epochs):
+        order = list(range(n_examples))
+        random.Random(f"{seed}-{epoch}").shuffle(order)
+        steps += [order[i:i + batch_size] for i in range(0, n_examples, batch_size)]
+    return steps
+
+
+def cosine_lr(step: int, total: int, lr: float, min_lr: float, warmup: int) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def save_checkpoint(ckpt_dir: Path, model, optimizer, step: int, log: list[dict]) -> None:
+    tmp = ckpt_dir.with_name(ckpt_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+             "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "log": log}
+    with atomic_open(tmp / "state.pt") as f:
+        torch.save(state, f)
+    old = ckpt_dir.with_name(ckpt_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if ckpt_dir.exists():
+        ckpt_dir.rename(old)
+    tmp.rename(ckpt_dir)
+    fsync_dir(ckpt_dir.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(ckpt_dir: Path, model, optimizer) -> tuple[int, list[dict]]:
+    """Restore a checkpoint (falling back to the previous one if a save was cut): (step, log)."""
+    for d in (ckpt_dir, ckpt_dir.with_name(ckpt_dir.name + ".old")):
+        if (d / "state.pt").exists():
+            state = torch.load(d / "state.pt", weights_only=False)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["torch_rng"])
+            random.setstate(state["python_rng"])
+            return state["step"], state["log"]
+    return 0, []
+
+
+def train(model, plan: list[list[int]], micro_batch_size: int, micro_step: Callable, *, lr: float,
+          min_lr: float, warmup: int, weight_decay: float, grad_clip: float, stage_dir: Path,
+          checkpoint_every: int = 0, stop_after: int | None = None, desc: str = "train") -> list[dict]:
+    """Run the plan. `micro_step(indices, batch_indices) -> (loss_tensor, metrics)` returns the
+    micro-batch's share of the batch loss, already divided by the batch's normaliser.
+
+    Returns the per-step log (also appended to <stage_dir>/train_log.jsonl)."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                                  weight_decay=weight_decay, betas=(0.9, 0.95))
+    ckpt_dir = stage_dir / "checkpoint"
+    start, log = load_checkpoint(ckpt_dir, model, optimizer)
+    log_path = stage_dir / "train_log.jsonl"
+    model.train()
+    total = len(plan)
+    bar = tqdm(range(start, total), desc=desc, initial=start, total=total, unit="step")
+    for step in bar:
+        t0 = time.time()
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, total, lr, min_lr, warmup)
+        batch = plan[step]
+        metrics: dict[str, float] = {}
+        for i in range(0, len(batch), micro_batch_size):
+            loss, m = micro_step(batch[i:i + micro_batch_size], batch)
+            loss.backward()
+            for k, v in m.items():
+                metrics[k] = metrics.get(k, 0.0) + v
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip > 0 else None
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        entry = {"step": step, "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - t0, 3),
+                 **{k: round(v, 6) for k, v in metrics.items()}}
+        if grad_norm is not None:
+            entry["grad_norm"] = round(float(grad_norm), 6)
+        log.append(entry)
+        bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}")
+        done = step + 1
+        if checkpoint_every and (done % checkpoint_every == 0 or done == total):
+            save_checkpoint(ckpt_dir, model, optimizer, done, log)
+            _write_log(log_path, log)
+        if stop_after is not None and done >= stop_after:
+            break
+    _write_log(log_path, log)
+    model.eval()
+    return log
+
+
+def _write_log(path: Path, log: list[dict]) -> None:
+    with atomic_open(path, "w") as f:
+        f.writelines(json.dumps(e) + "\n" for e in log)

@@ -1,0 +1,125 @@
+"""All six stages of iteration 1 on a tiny random Llama with the real SmolLM2 tokenizer.
+
+The test's own EFT set has targets of the bare form "Score: N", so that a 2-layer model
+learns in a few dozen SFT steps to end a judgement with a parseable score: every stage
+then has real input, including DPO. Asserts the files each stage writes and their schemas.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import datasets
+import pytest
+import torch
+
+from srlm_hpc.config import build_config
+from srlm_hpc.files import iter_jsonl, read_json
+from srlm_hpc.manifest import StageManifest
+from srlm_hpc.schema import PairRecord, PromptRecord, ResponseSet
+from srlm_hpc.submit import main as submit
+from srlm_hpc.templates import judge_prompt
+from tests.conftest import oasst_rows, write_jsonl_rows
+
+IFT = [("Name a primary colour.", "Red."), ("What is 2 + 2?", "4."), ("Say hello.", "Hello!"),
+       ("Name a fruit.", "An apple."), ("What colour is the sky?", "Blue."), ("Name a planet.", "Mars."),
+       ("Give a number.", "Seven."), ("Name an animal.", "A cat.")]
+
+
+def eft_pairs() -> list[tuple[str, str]]:
+    answers = ["Paris is the capital.", "I do not know.", "Bananas are yellow.", "It is 4.", "Blue, usually."]
+    return [(judge_prompt(q, a), f"Score: {1 + (i + j) % 5}")
+            for i, (q, _) in enumerate(IFT) for j, a in enumerate(answers[:3])]
+
+
+@pytest.fixture(scope="module")
+def iteration(tmp_path_factory, tiny_llama):
+    work = tmp_path_factory.mktemp("e2e")
+    ift = write_jsonl_rows(work / "ift.jsonl", oasst_rows(IFT, "ift"))
+    eft = write_jsonl_rows(work / "eft.jsonl", oasst_rows(eft_pairs(), "eft"))
+    args = [f"work_dir={work / 'run'}", f"model={tiny_llama}", "engine=hf", "executor=local", "seed=7",
+            f"sft.ift_path={ift}", f"sft.eft_path={eft}", "sft.lr=3e-3", "sft.min_lr=1e-3", "sft.epochs=12",
+            "sft.batch_size=8", "sft.micro_batch_size=8", "sft.max_len=640", "sft.dropout=0.0",
+            "prompts.n_prompts=6", "prompts.shard_size=3", "prompts.max_tokens=12", "prompts.min_words=1",
+            "responses.n=4", "responses.max_tokens=12", "responses.shard_size=4", "responses.batch_size=4",
+            "judge.k=3", "judge.max_tokens=8", "judge.shard_size=4", "judge.batch_size=12",
+            "dpo.lr=1e-3", "dpo.batch_size=2", "dpo.micro_batch_size=2", "dpo.epochs=2", "dpo.dropout=0.0"]
+    assert submit(["stage=all", "iter=1", *args]) == 0
+    return build_config({a.split("=", 1)[0]: a.split("=", 1)[1] for a in args}), args
+
+
+def test_every_stage_is_done_in_the_manifest(iteration):
+    cfg, _ = iteration
+    for stage in ("sft", "prompts", "responses", "judge", "pairs", "dpo"):
+        man = StageManifest(cfg.manifest_root, 1, stage)
+        plan = man.plan()
+        assert plan is not None, stage
+        states = man.states()
+        assert [s.state for s in states] == ["done"] * plan["n_shards"], stage
+        assert all(man.verified_output(s) is not None for s in states), stage
+
+
+def test_prompts_and_responses_follow_the_schema(iteration):
+    cfg, _ = iteration
+    prompts = [PromptRecord.from_dict(r) for p in sorted(cfg.stage_dir("prompts").glob("shard-*.jsonl"))
+               for r in iter_jsonl(p)]
+    assert 1 <= len(prompts) <= 6
+    assert len({p.prompt_id for p in prompts}) == len(prompts)
+    sets = [ResponseSet.from_dict(r) for p in sorted(cfg.stage_dir("responses").glob("shard-*.jsonl"))
+            for r in iter_jsonl(p)]
+    assert [s.prompt_id for s in sets] == [p.prompt_id for p in prompts]
+    assert all(len(s.responses) == 4 for s in sets)
+    assert not list(cfg.stage_dir("responses").glob("*.part-*"))  # chunk files removed once the shard is whole
+
+
+def test_judge_keeps_raw_text_and_scores_parse_after_sft(iteration):
+    cfg, _ = iteration
+    judged = [ResponseSet.from_dict(r) for p in sorted(cfg.stage_dir("judge").glob("shard-*.jsonl"))
+              for r in iter_jsonl(p)]
+    responses = [r for s in judged for r in s.responses]
+    assert all(len(r.judge_texts) == 3 and len(r.judge_scores) == 3 for r in responses)
+    parsed = [s for r in responses for s in r.judge_scores if s is not None]
+    assert len(parsed) / (3 * len(responses)) >= 0.8  # SFT taught the "Score: N" format
+    for r in responses:
+        valid = [s for s in r.judge_scores if s is not None]
+        assert r.score == (pytest.approx(sum(valid) / len(valid)) if valid else None)
+
+
+def test_pairs_file_is_real_zstd_jsonl_that_datasets_reads(iteration, tmp_path):
+    cfg, _ = iteration
+    path = cfg.stage_dir("pairs") / "pairs-00000.jsonl.zst"
+    pairs = [PairRecord.from_dict(r) for r in iter_jsonl(path)]
+    assert pairs, "the tiny judge produced no pair; the pipeline test has nothing to train on"
+    for p in pairs:
+        assert p.chosen_score > p.rejected_score and p.iter == 1
+    out = tmp_path / "pairs.jsonl"
+    subprocess.run(["zstd", "-d", "-q", str(path), "-o", str(out)], check=True)
+    assert [json.loads(line)["prompt_id"] for line in out.read_text().splitlines()] == [p.prompt_id for p in pairs]
+    ds = datasets.load_dataset("json", data_files=str(path), split="train")
+    assert {"prompt", "chosen", "rejected"} <= set(ds.column_names) and len(ds) == len(pairs)
+    stats = read_json(cfg.stage_dir("pairs") / "stats.json")
+    assert stats["pairs"] == len(pairs)
+
+
+def test_dpo_writes_a_model_that_loads_and_differs_from_its_start(iteration, tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    cfg, _ = iteration
+    m2 = AutoModelForCausalLM.from_pretrained(cfg.stage_dir("dpo") / "model")
+    m1 = AutoModelForCausalLM.from_pretrained(cfg.stage_dir("sft") / "model")
+    m0 = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    w = "model.layers.0.mlp.down_proj.weight"
+    sd0, sd1, sd2 = m0.state_dict(), m1.state_dict(), m2.state_dict()
+    assert not torch.equal(sd0[w], sd1[w]) and not torch.equal(sd1[w], sd2[w])
+    summary = read_json(cfg.iter_dir() / "summary.json")
+    assert summary["n_pairs"] >= 1 and summary["model_out"].endswith("dpo/model")
+    assert summary["dpo_loss_first"] is not None and summary["judge_parse_rate"] >= 0.8
+
+
+def test_rerun_skips_every_finished_shard(iteration, capsys):
+    cfg, args = iteration
+    before = {p: p.stat().st_mtime_ns for p in cfg.work_dir.rglob("shard-*.jsonl")}
+    assert submit(["stage=all", "iter=1", *args]) == 0
+    assert {p: p.stat().st_mtime_ns for p in cfg.work_dir.rglob("shard-*.jsonl")} == before
+    assert "0 to run" in capsys.readouterr().out
