@@ -15,7 +15,7 @@ import sys
 from .config import Config, ConfigError, absolute_paths, parse_args, to_dict
 from .files import atomic_write_json
 from .runner import run_stage_local, setup_process
-from .stages import stage_names
+from .stages import ALIASES, stage_names
 from .summary import print_summary, write_summary
 
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     cfg = absolute_paths(cfg)
-    stages = stage_names(cfg.run.iter) if cfg.run.stage == "all" else [cfg.run.stage]
+    stages = stage_names(cfg.run.iter) if cfg.run.stage == "all" else [ALIASES.get(cfg.run.stage, cfg.run.stage)]
     unknown = [s for s in stages if s not in stage_names(cfg.run.iter) + ["sft"]]
     if unknown:
         print(f"error: stage={cfg.run.stage!r}: expected one of {', '.join(stage_names(1))}, or all", file=sys.stderr)

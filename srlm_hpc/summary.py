@@ -8,6 +8,7 @@ from .config import Config
 from .files import atomic_write_json, iter_jsonl, read_json
 from .models import model_path
 from .shards import upstream_outputs
+from .stages.pairs import iter_pairs
 
 
 def judge_counts(cfg: Config) -> dict[str, int]:
@@ -37,7 +38,7 @@ def write_summary(cfg: Config) -> dict:
         "n_responses": counts["n_responses"],
         "n_scored_responses": counts["n_scored"],
         "judge_parse_rate": counts["judge_parsed"] / counts["judge_samples"] if counts["judge_samples"] else 0.0,
-        "n_pairs": sum(i.records for i in upstream_outputs(cfg, "pairs")),
+        "n_pairs": sum(1 for _ in iter_pairs(cfg)),
         "pairs_stats": read_json(cfg.stage_dir("pairs") / "stats.json"),
         "dpo_steps": len(losses),
         "dpo_loss_first": losses[0] if losses else None,

@@ -19,7 +19,11 @@ def stage_names(iteration: int) -> list[str]:
     return [s for s in ORDER if s != "sft" or iteration == 1]
 
 
+ALIASES = {"merge": "pairs"}  # the pairs stage is the merger of judged shards
+
+
 def get_stage(name: str) -> ModuleType:
+    name = ALIASES.get(name, name)
     if name not in ORDER:
         raise ValueError(f"stage={name!r}: expected one of {', '.join(ORDER)}, or all")
     return importlib.import_module(f"{__name__}.{name}")

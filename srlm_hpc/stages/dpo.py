@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 
 from ..config import Config
-from ..files import FileInfo, file_info, iter_jsonl
+from ..files import FileInfo, file_info
 from ..models import load_model, load_tokenizer, model_path, resolve_device, save_model, weights_file
 from ..schema import PairRecord
-from ..shards import upstream_outputs
+from .pairs import iter_pairs
 from ..training.dpo_loss import dpo_loss, response_logps
 from ..training.loop import batch_plan, train
 from ..training.tokenize import collate, encode_prompt, encode_target, join
@@ -25,13 +25,6 @@ STAGE, UPSTREAM = "dpo", "pairs"
 
 def plan(cfg: Config) -> tuple[int, dict]:
     return 1, {"reference": cfg.dpo.reference}
-
-
-def load_pairs(cfg: Config) -> list[PairRecord]:
-    pairs = []
-    for info in upstream_outputs(cfg, UPSTREAM):
-        pairs += [PairRecord.from_dict(r, where=f"{info.path}:{i}") for i, r in enumerate(iter_jsonl(info.path), 1)]
-    return pairs
 
 
 def encode_pairs(tok, pairs: list[PairRecord], max_len: int) -> list[tuple[tuple, tuple]]:
@@ -72,7 +65,7 @@ def run_shard(cfg: Config, shard: int) -> FileInfo:
     device = resolve_device(cfg.run.device)
     policy_path = model_path(cfg, cfg.run.iter)
     tok = load_tokenizer(policy_path)
-    pairs = load_pairs(cfg)
+    pairs = list(iter_pairs(cfg))
     if not pairs:
         raise ValueError(f"iter {cfg.run.iter}: the pairs stage kept no pairs; nothing to train on "
                          f"(see {cfg.stage_dir('pairs') / 'stats.json'} for why prompts were dropped)")

@@ -61,6 +61,14 @@ def pairs_path(cfg: Config, index: int = 0):
     return cfg.stage_dir(STAGE) / f"pairs-{index:05d}.jsonl.zst"
 
 
+def iter_pairs(cfg: Config):
+    """Every pair of iteration cfg.run.iter, in file order, from verified files. DPO,
+    ref_logps and the summary read pairs through this and nothing else."""
+    for info in upstream_outputs(cfg, STAGE):
+        for i, rec in enumerate(iter_jsonl(info.path), 1):
+            yield PairRecord.from_dict(rec, where=f"{info.path}:{i}")
+
+
 def run_shard(cfg: Config, shard: int) -> FileInfo:
     from ..files import write_jsonl
 
