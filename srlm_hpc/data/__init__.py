@@ -1,0 +1,1 @@
+"""Seed and evaluation data readers (Open Assistant oasst1 message schema)."""

@@ -1,0 +1,1 @@
+"""Shipped seed data (IFT and EFT) in the oasst1 message schema; see README.md."""
