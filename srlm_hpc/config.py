@@ -34,6 +34,7 @@ class RunConfig:
     executor: Literal["auto", "local", "slurm"] = "auto"  # auto: slurm when sbatch is on PATH
     device: str = "auto"  # auto: cuda when available, else cpu
     threads: int = 0  # torch CPU threads; 0 = all cores the job may use
+    wait: bool = False  # executor=slurm: block until the queued jobs have left the queue
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class SFTConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     autocast: Literal["none", "bf16"] = "none"
+    checkpoint_every: int = 0  # optimizer steps between resumable checkpoints; 0: four per run
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,10 @@ class PairsConfig:
     min_valid: int = 2  # a prompt needs at least 2 scored responses
     records_per_file: int = 100_000
     zstd_level: int = 3
+    # zstd worker threads; -1 = one per CPU the job may use. The bytes are the same for any
+    # count >= 1 (checked in tests/stages/test_merge.py), but 0 (compress in the calling
+    # thread) gives other bytes, so a merge records which of the two it started with.
+    zstd_threads: int = -1
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,25 @@ class DPOConfig:
     reference: Literal["previous", "sft"] = "previous"  # paper: M_t; "sft": M1 every iteration
     logp_reduction: Literal["sum", "mean"] = "sum"  # paper and TRL: sum over response tokens
     autocast: Literal["none", "bf16"] = "none"
+    checkpoint_every: int = 0  # optimizer steps between resumable checkpoints; 0: four per run
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    """sbatch resources of every stage's array job (the same for all stages unless set per run)."""
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    time_min: int = 240  # per array task; above 50 so submitit does not take USR2 for a time-out
+    cpus_per_task: int = 2
+    gpus_per_task: int = 0
+    mem_gb: float = 0  # 0: the partition's default
+    array_parallelism: int = 256  # most tasks of one array running at once
+    extra: tuple[str, ...] = ()  # more sbatch options, "key=value" each (e.g. constraint=a100)
+    max_retries: int = 3  # attempts of one shard before submit stops resubmitting and reports it
+    heartbeat_s: float = 60.0  # how often a running shard touches its manifest entry
+    stale_after_s: float = 900.0  # a running shard whose heartbeat is older is stale
+    log_dir: str = ""  # empty: <work_dir>/logs
 
 
 @dataclass(frozen=True)
@@ -128,6 +153,7 @@ class Config:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     # ---- paths every stage agrees on -------------------------------------------------
     @property
@@ -139,6 +165,10 @@ class Config:
 
     def stage_dir(self, stage: str, k: int | None = None) -> Path:
         return self.iter_dir(k) / stage
+
+    @property
+    def log_dir(self) -> Path:
+        return Path(self.slurm.log_dir) if self.slurm.log_dir else self.work_dir / "logs"
 
     @property
     def manifest_root(self) -> Path:
@@ -325,7 +355,7 @@ def absolute_paths(cfg: Config) -> Config:
         run,
         work_dir=str(Path(run.work_dir).expanduser().resolve()),
         manifest_dir=str(Path(run.manifest_dir).expanduser().resolve()) if run.manifest_dir else "",
-    ))
+    ), slurm=replace(cfg.slurm, log_dir=str(Path(cfg.slurm.log_dir).expanduser().resolve()) if cfg.slurm.log_dir else ""))
 
 
 def to_dict(cfg: Config) -> dict:
@@ -339,6 +369,11 @@ def from_dict(d: dict) -> Config:
         for name, value in values.items():
             flat[name if section == "run" else f"{section}.{name}"] = value
     return build_config(flat)
+
+
+def load_config(path: str | Path) -> Config:
+    """The resolved config a submit saved beside the run (what array tasks read)."""
+    return from_dict(json.loads(Path(path).read_text()))
 
 
 def env_threads() -> int:

@@ -116,6 +116,13 @@ class StageManifest:
             setattr(st, k, v)
         return self._put(st)
 
+    def mark_queued(self, shard: int, job_id: str) -> ShardState:
+        """Pending, with the job that will run it: a rerun of submit leaves it alone while
+        that job is in the queue."""
+        st = self.get(shard)
+        st.state, st.job_id, st.output = "pending", job_id, None
+        return self._put(st)
+
     def heartbeat(self, shard: int) -> None:
         st = self.get(shard)
         if st.state == "running":

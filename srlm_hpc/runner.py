@@ -7,6 +7,8 @@ marks it done with its output's size and hash, or failed with the error.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 
 import torch
@@ -37,6 +39,27 @@ def unfinished_shards(man: StageManifest, n_shards: int) -> list[int]:
     return [st.shard for st in man.states(n_shards) if man.verified_output(st) is None]
 
 
+@contextlib.contextmanager
+def heartbeat(man: StageManifest, shard: int, interval: float):
+    """Touch the shard's manifest entry every `interval` s while it runs, so `status` can
+    tell a live shard from one whose node died. Joined before the shard is marked done or
+    failed: a late beat must never overwrite the final state."""
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(interval):
+            with contextlib.suppress(OSError):  # a flaky shared filesystem must not kill the shard
+                man.heartbeat(shard)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{man.stage}-{shard}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def run_shard(cfg: Config, stage: str, shard: int, log: str = "") -> None:
     man = stage_manifest(cfg, stage)
     if man.verified_output(man.get(shard)) is not None:
@@ -45,13 +68,18 @@ def run_shard(cfg: Config, stage: str, shard: int, log: str = "") -> None:
     man.mark_running(shard, log=log)
     t0 = time.time()
     try:
-        info = get_stage(stage).run_shard(cfg, shard)
+        with heartbeat(man, shard, cfg.slurm.heartbeat_s):
+            info = get_stage(stage).run_shard(cfg, shard)
     except BaseException as e:
         man.mark_failed(shard, e)
         raise
     man.mark_done(shard, info)
     print(f"[{stage}] shard {shard}: done, {info.records} records, {info.bytes} bytes "
           f"in {time.time() - t0:.1f}s", flush=True)
+    if stage == "dpo":  # the iteration's last stage, however it was launched
+        from .summary import print_summary, write_summary
+
+        print_summary(write_summary(cfg))
 
 
 def run_stage_local(cfg: Config, stage: str) -> None:

@@ -57,10 +57,6 @@ def upstream_outputs(cfg: Config, stage: str) -> list[FileInfo]:
     return infos
 
 
-def upstream_total(cfg: Config, stage: str) -> int:
-    return sum(info.records for info in upstream_outputs(cfg, stage))
-
-
 def upstream_range(cfg: Config, stage: str, start: int, stop: int) -> list[dict]:
     """Records [start, stop) of `stage`'s output, counted across its shards in order."""
     out, offset = [], 0

@@ -1,6 +1,6 @@
 """Where a pipeline stands: per iteration and stage, shard counts and the shards to look at.
 
-    python -m srlm_hpc.status work_dir=runs/demo [run=NAME] [stale_after=600]
+    python -m srlm_hpc.status work_dir=runs/demo [run=NAME] [slurm.stale_after_s=900]
 
 A running shard is stale when its heartbeat is older than `stale_after` seconds, or, under
 Slurm, when its job has left the queue.
@@ -17,7 +17,22 @@ from .manifest import StageManifest
 from .stages import ORDER
 
 
-def stage_report(man: StageManifest, stale_after: float, now: float) -> dict:
+def live_jobs() -> dict[str, str] | None:
+    """Slurm's queue when there is one (None without Slurm: then only heartbeats count)."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("squeue"):
+        return None
+    try:
+        from .launch.slurm import queued_jobs
+
+        return queued_jobs()
+    except (subprocess.CalledProcessError, OSError):
+        return None
+
+
+def stage_report(man: StageManifest, stale_after: float, now: float, queue: dict[str, str] | None = None) -> dict:
     plan = man.plan()
     states = man.states(plan["n_shards"]) if plan else []
     counts = {"pending": 0, "running": 0, "done": 0, "failed": 0, "stale": 0}
@@ -26,23 +41,28 @@ def stage_report(man: StageManifest, stale_after: float, now: float) -> dict:
         state = st.state
         if state == "done" and man.verified_output(st) is None:
             state = "pending"  # its output changed since: it will rerun
-        if state == "running" and (st.heartbeat or 0) < now - stale_after:
-            state = "stale"
+        if state == "running":
+            job_gone = queue is not None and not st.job_id.startswith("local-") and st.job_id not in queue
+            if job_gone or (st.heartbeat or 0) < now - stale_after:
+                state = "stale"
         counts[state] += 1
         if state in ("failed", "stale"):
-            attention.append((st.shard, state, st.error or f"no heartbeat for {now - (st.heartbeat or 0):.0f}s",
-                              st.log))
+            why = st.error if state == "failed" else (
+                f"job {st.job_id} is no longer queued" if queue is not None and st.job_id not in queue
+                else f"no heartbeat for {now - (st.heartbeat or 0):.0f}s")
+            attention.append((st.shard, state, f"{why} (attempt {st.attempt})", st.log))
     return {"n_shards": len(states), "counts": counts, "attention": attention}
 
 
-def report(manifest_root: Path, stale_after: float = 600.0) -> list[tuple[int, str, dict]]:
+def report(manifest_root: Path, stale_after: float = 900.0) -> list[tuple[int, str, dict]]:
     rows = []
     now = time.time()
+    queue = live_jobs()
     for it_dir in sorted(manifest_root.glob("iter*"), key=lambda p: int(p.name[4:])):
         k = int(it_dir.name[4:])
         for stage in ORDER:
             if (it_dir / stage / "plan.json").exists():
-                rows.append((k, stage, stage_report(StageManifest(manifest_root, k, stage), stale_after, now)))
+                rows.append((k, stage, stage_report(StageManifest(manifest_root, k, stage), stale_after, now, queue)))
     return rows
 
 
@@ -61,22 +81,14 @@ def print_report(rows, out=sys.stdout) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    stale_after = 600.0
-    rest = []
-    for a in args:
-        if a.startswith("stale_after="):
-            stale_after = float(a.split("=", 1)[1])
-        else:
-            rest.append(a)
     try:
-        cfg, _ = parse_args(rest)
+        cfg, _ = parse_args(sys.argv[1:] if argv is None else argv)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     cfg = absolute_paths(cfg)
     print(f"run {cfg.run.run!r}, manifests in {cfg.manifest_root}")
-    print_report(report(cfg.manifest_root, stale_after))
+    print_report(report(cfg.manifest_root, cfg.slurm.stale_after_s))
     return 0
 
 

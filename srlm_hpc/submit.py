@@ -1,28 +1,59 @@
 """Run a stage, or a whole iteration, of the self-rewarding loop.
 
     python -m srlm_hpc.submit stage=judge iter=2 [key=value ...]
-    python -m srlm_hpc.submit stage=all iter=1 preset=demo
+    python -m srlm_hpc.submit stage=all iter=1 preset=demo executor=slurm slurm.partition=gpu
 
-Rerunning the same command after a crash or preemption resumes: finished shards are
-skipped (their outputs are checked against the manifest), unfinished ones rerun.
+executor=local runs the shards here, one after another; executor=slurm queues one array
+job per stage, chained with afterok. Either way, rerunning the same command after a
+crash, a preemption or a time limit finishes the work: shards whose output is verified
+are skipped, unfinished ones run again, and nothing is emitted twice.
 """
 
 from __future__ import annotations
 
 import shutil
 import sys
+import time
 
 from .config import Config, ConfigError, absolute_paths, parse_args, to_dict
 from .files import atomic_write_json
 from .runner import run_stage_local, setup_process
-from .stages import ALIASES, stage_names
-from .summary import print_summary, write_summary
+from .stages import ALIASES, ORDER, stage_names
 
 
 def resolve_executor(cfg: Config) -> str:
     if cfg.run.executor == "auto":
         return "slurm" if shutil.which("sbatch") else "local"
     return cfg.run.executor
+
+
+def requested_stages(cfg: Config) -> list[str]:
+    """stage=all, one stage, or a comma-separated list (stage=prompts,responses), in pipeline order."""
+    if cfg.run.stage == "all":
+        return stage_names(cfg.run.iter)
+    names = [ALIASES.get(s.strip(), s.strip()) for s in cfg.run.stage.split(",") if s.strip()]
+    bad = [n for n in names if n not in ORDER]
+    if bad or not names:
+        raise ValueError(f"stage={cfg.run.stage!r}: expected all, or one or more of {', '.join(ORDER)}, merge "
+                         f"(comma-separated)")
+    return sorted(set(names), key=ORDER.index)
+
+
+def save_config(cfg: Config):
+    """The resolved config, serialised once; array tasks get only its path. A rerun whose
+    config differs only in launch settings may overwrite it; sharding keys are guarded by
+    each stage's plan."""
+    path = cfg.iter_dir() / "config.json"
+    atomic_write_json(path, to_dict(cfg))
+    return path
+
+
+def wait_for_jobs(job_ids: list[str], poll_s: float = 5.0) -> None:
+    from .launch.slurm import queued_jobs
+
+    arrays = {j.split("_")[0] for j in job_ids}
+    while any(j.split("_")[0] in arrays for j in queued_jobs()):
+        time.sleep(poll_s)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,21 +63,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     cfg = absolute_paths(cfg)
-    stages = stage_names(cfg.run.iter) if cfg.run.stage == "all" else [ALIASES.get(cfg.run.stage, cfg.run.stage)]
-    unknown = [s for s in stages if s not in stage_names(cfg.run.iter) + ["sft"]]
-    if unknown:
-        print(f"error: stage={cfg.run.stage!r}: expected one of {', '.join(stage_names(1))}, or all", file=sys.stderr)
+    try:
+        stages = requested_stages(cfg)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
+    config_path = save_config(cfg)
     executor = resolve_executor(cfg)
-    if executor != "local":
-        print(f"error: executor={executor!r} is not available yet; use executor=local", file=sys.stderr)
-        return 2
-    atomic_write_json(cfg.iter_dir() / "config.json", to_dict(cfg))
+    if executor == "slurm":
+        from .launch.slurm import submit_iteration
+
+        subs = submit_iteration(cfg, config_path, stages)
+        if cfg.run.wait:
+            wait_for_jobs([j for s in subs for j in s.job_ids()])
+            from .status import print_report, report
+
+            print_report(report(cfg.manifest_root, cfg.slurm.stale_after_s))
+        return 1 if any(s.exhausted for s in subs) else 0
     setup_process(cfg)
-    for stage in stages:
-        run_stage_local(cfg, stage)
-    if "dpo" in stages:
-        print_summary(write_summary(cfg))
+    for s in stages:
+        run_stage_local(cfg, s)
     return 0
 
 

@@ -91,6 +91,6 @@ def run_shard(cfg: Config, shard: int) -> FileInfo:
 
     train(policy, plan_, d.micro_batch_size, micro_step, lr=d.lr, min_lr=d.min_lr, warmup=d.warmup_steps,
           weight_decay=0.0, grad_clip=d.grad_clip, stage_dir=cfg.stage_dir(STAGE),
-          checkpoint_every=max(1, len(plan_) // 4), desc="dpo")
+          checkpoint_every=d.checkpoint_every or max(1, len(plan_) // 4), desc="dpo")
     out = save_model(policy, tok, cfg.stage_dir(STAGE) / "model")
     return file_info(weights_file(out), records=len(pairs))

@@ -14,7 +14,7 @@ from ..engines import SamplingConfig
 from ..files import FileInfo
 from ..judge_parse import parse_score
 from ..schema import ResponseSet, mean_score
-from ..shards import run_chunked, shard_output, shard_seed, upstream_range, upstream_total
+from ..shards import run_chunked, shard_output, shard_seed, upstream_range
 from ..templates import judge_messages
 from .common import current_model, engine_for
 
@@ -22,9 +22,11 @@ STAGE, UPSTREAM = "judge", "responses"
 
 
 def plan(cfg: Config) -> tuple[int, dict]:
-    total = upstream_total(cfg, UPSTREAM)
+    """Split by the most records responses can hold (prompts.n_prompts), known before responses runs,
+    so a whole iteration can be queued at once; trailing shards may get fewer records."""
     size = cfg.judge.shard_size
-    return max(1, -(-total // size)), {"upstream_records": total, "shard_size": size, "seed": cfg.run.seed}
+    return max(1, -(-cfg.prompts.n_prompts // size)), {"n_prompts": cfg.prompts.n_prompts, "shard_size": size,
+                                                       "seed": cfg.run.seed}
 
 
 def judge_sets(engine, sets: list[ResponseSet], params: SamplingConfig) -> list[ResponseSet]:

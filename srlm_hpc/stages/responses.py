@@ -15,16 +15,18 @@ from ..config import Config
 from ..engines import SamplingConfig
 from ..files import FileInfo
 from ..schema import PromptRecord, Response, ResponseSet
-from ..shards import run_chunked, shard_output, shard_seed, upstream_range, upstream_total
+from ..shards import run_chunked, shard_output, shard_seed, upstream_range
 from .common import current_model, engine_for
 
 STAGE, UPSTREAM = "responses", "prompts"
 
 
 def plan(cfg: Config) -> tuple[int, dict]:
-    total = upstream_total(cfg, UPSTREAM)
+    """Split by the most records prompts can hold (prompts.n_prompts), known before prompts runs,
+    so a whole iteration can be queued at once; trailing shards may get fewer records."""
     size = cfg.responses.shard_size
-    return max(1, -(-total // size)), {"upstream_records": total, "shard_size": size, "seed": cfg.run.seed}
+    return max(1, -(-cfg.prompts.n_prompts // size)), {"n_prompts": cfg.prompts.n_prompts, "shard_size": size,
+                                                       "seed": cfg.run.seed}
 
 
 def _normal(text: str) -> str:

@@ -38,6 +38,20 @@ def encode(tok, examples: list[dict], max_len: int) -> list[tuple[list[int], int
                  encode_target(tok, ex["response"]), max_len) for ex in examples]
 
 
+def target_token_loss(model, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over target tokens, projecting only those positions to the vocab.
+
+    An EFT example is ~90% judge prompt: computing [T, 49152] logits for every position
+    and then masking most of them away costs most of a step on CPU. Only the positions
+    that predict a target token go through the LM head. (Plain LM heads only: models
+    that rescale or soft-cap logits after the head are not supported here.)"""
+    hidden = model.get_decoder()(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+    labels = b["labels"][:, 1:]  # position t predicts token t+1
+    keep = labels != IGNORE
+    logits = model.get_output_embeddings()(hidden[:, :-1][keep])
+    return F.cross_entropy(logits.float(), labels[keep], reduction="sum"), int(keep.sum())
+
+
 def run_shard(cfg: Config, shard: int) -> FileInfo:
     s = cfg.sft
     device = resolve_device(cfg.run.device)
@@ -53,15 +67,12 @@ def run_shard(cfg: Config, shard: int) -> FileInfo:
         b = {k: v.to(device) for k, v in collate([encoded[i] for i in idx], tok.pad_token_id).items()}
         n_batch_targets = sum(len(encoded[i][0]) - encoded[i][1] for i in batch)
         with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=s.autocast == "bf16"):
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        labels = b["labels"][:, 1:]
-        token_loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels.flatten(),
-                                     ignore_index=IGNORE, reduction="sum")
+            token_loss, n_tokens = target_token_loss(model, b)
         loss = token_loss / n_batch_targets  # token mean over the whole optimizer batch
-        return loss, {"loss": loss.item(), "tokens": float((labels != IGNORE).sum())}
+        return loss, {"loss": loss.item(), "tokens": float(n_tokens)}
 
     train(model, plan_, s.micro_batch_size, micro_step, lr=s.lr, min_lr=s.min_lr, warmup=s.warmup_steps,
           weight_decay=s.weight_decay, grad_clip=s.grad_clip, stage_dir=stage_dir,
-          checkpoint_every=max(1, len(plan_) // 4), desc="sft")
+          checkpoint_every=s.checkpoint_every or max(1, len(plan_) // 4), desc="sft")
     out = save_model(model, tok, stage_dir / "model")
     return file_info(weights_file(out), records=len(examples))

@@ -20,7 +20,9 @@ def response_logps(model, batch: dict[str, torch.Tensor], reduction: str = "sum"
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     # Position t predicts token t+1: drop the last logit row and the first label.
     labels = batch["labels"][:, 1:]
-    logps = sequence_logprobs(logits[:, :-1], labels, ignore_index=IGNORE)
+    # The logits are needed for nothing else (the LM head saves its input, not its output),
+    # so the backward may write the gradient into their buffer: no second [B, T, V] tensor.
+    logps = sequence_logprobs(logits[:, :-1], labels, ignore_index=IGNORE, inplace_backward=torch.is_grad_enabled())
     if reduction == "mean":
         logps = logps / (labels != IGNORE).sum(-1).clamp(min=1)
     return logps

@@ -39,7 +39,8 @@ def iteration(tmp_path_factory, tiny_llama):
     ift = write_jsonl_rows(work / "ift.jsonl", oasst_rows(IFT, "ift"))
     eft = write_jsonl_rows(work / "eft.jsonl", oasst_rows(eft_pairs(), "eft"))
     args = [f"work_dir={work / 'run'}", f"model={tiny_llama}", "engine=hf", "executor=local", "seed=7",
-            f"sft.ift_path={ift}", f"sft.eft_path={eft}", "sft.lr=3e-3", "sft.min_lr=1e-3", "sft.epochs=12",
+            f"sft.ift_path={ift}", f"sft.eft_path={eft}", "sft.lr=1e-2", "sft.min_lr=1e-3", "sft.epochs=16",
+            "sft.warmup_steps=4",
             "sft.batch_size=8", "sft.micro_batch_size=8", "sft.max_len=640", "sft.dropout=0.0",
             "prompts.n_prompts=6", "prompts.shard_size=3", "prompts.max_tokens=12", "prompts.min_words=1",
             "responses.n=4", "responses.max_tokens=12", "responses.shard_size=4", "responses.batch_size=4",

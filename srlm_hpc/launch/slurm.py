@@ -1,0 +1,110 @@
+"""Queue stages as Slurm array jobs through submitit, chained with afterok.
+
+For each stage, in order: plan it, find the shards without a verified output, leave alone
+those whose job is still in the queue, and submit one array job for the rest, depending
+on the previous stage's jobs. Rerunning after any failure submits only what is missing.
+
+A shard that has used up slurm.max_retries attempts is not resubmitted: submit reports
+it, and the stages after it are not queued, since they could not start.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import Config
+from ..runner import plan_stage, unfinished_shards
+from ..worker import ShardTask
+
+
+@dataclass
+class StageSubmission:
+    stage: str
+    n_shards: int
+    done: int
+    submitted: dict[int, str] = field(default_factory=dict)  # shard -> job id of this submit
+    in_queue: dict[int, str] = field(default_factory=dict)  # shard -> job id of an earlier submit
+    exhausted: list[int] = field(default_factory=list)  # shards past max_retries
+
+    def job_ids(self) -> list[str]:
+        return sorted(set(self.submitted.values()) | set(self.in_queue.values()))
+
+
+def queued_jobs() -> dict[str, str]:
+    """Every job and array element in the queue: {'1234_5': 'RUNNING', ...}."""
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True, check=True).stdout
+    return dict(line.split(maxsplit=1) for line in out.splitlines() if line.strip())
+
+
+def make_executor(cfg: Config, stage: str, dependency: list[str]):
+    import submitit
+
+    s = cfg.slurm
+    folder = cfg.log_dir / f"iter{cfg.run.iter}" / stage
+    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+    extra = dict(e.split("=", 1) if "=" in e else (e, "") for e in s.extra)
+    extra["kill-on-invalid-dep"] = "yes"  # a failed upstream task cancels dependents; rerun resubmits
+    if dependency:
+        extra["dependency"] = "afterok:" + ":".join(dependency)
+    params = dict(name=f"srlm-{cfg.run.run}-i{cfg.run.iter}-{stage}", timeout_min=s.time_min,
+                  cpus_per_task=s.cpus_per_task, slurm_array_parallelism=s.array_parallelism,
+                  slurm_additional_parameters=extra, stderr_to_stdout=True)
+    if s.partition:
+        params["slurm_partition"] = s.partition
+    if s.account:
+        params["slurm_account"] = s.account
+    if s.qos:
+        params["slurm_qos"] = s.qos
+    if s.gpus_per_task:
+        params["gpus_per_node"] = s.gpus_per_task
+    if s.mem_gb:
+        params["mem_gb"] = s.mem_gb
+    executor.update_parameters(**params)
+    return executor
+
+
+def submit_stage(cfg: Config, config_path: Path, stage: str, dependency: list[str],
+                 queue: dict[str, str]) -> StageSubmission:
+    man, n_shards = plan_stage(cfg, stage)
+    todo = unfinished_shards(man, n_shards)
+    sub = StageSubmission(stage, n_shards, n_shards - len(todo))
+    to_submit = []
+    for shard in todo:
+        st = man.get(shard)
+        if st.job_id in queue:
+            sub.in_queue[shard] = st.job_id
+        elif st.attempt >= cfg.slurm.max_retries:
+            sub.exhausted.append(shard)
+        else:
+            if st.state == "running":  # its job left the queue without finishing: a dead node, a kill
+                man.mark_pending(shard, f"job {st.job_id} left the queue while running (attempt {st.attempt})")
+            to_submit.append(shard)
+    if to_submit:
+        executor = make_executor(cfg, stage, dependency)
+        jobs = executor.map_array(ShardTask(str(config_path), stage), to_submit)
+        for shard, job in zip(to_submit, jobs):
+            sub.submitted[shard] = job.job_id
+            man.mark_queued(shard, job.job_id)
+    return sub
+
+
+def submit_iteration(cfg: Config, config_path: Path, stages: list[str]) -> list[StageSubmission]:
+    queue = queued_jobs()
+    dependency: list[str] = []
+    subs = []
+    for stage in stages:
+        sub = submit_stage(cfg, config_path, stage, dependency, queue)
+        subs.append(sub)
+        print(f"[{stage}] iter {cfg.run.iter}: {sub.n_shards} shard(s): {sub.done} done, "
+              f"{len(sub.in_queue)} already queued, {len(sub.submitted)} submitted"
+              + (f" as job {sorted(set(j.split('_')[0] for j in sub.submitted.values()))[0]}" if sub.submitted else ""),
+              flush=True)
+        if sub.exhausted:
+            print(f"[{stage}] shard(s) {sub.exhausted} failed {cfg.slurm.max_retries} times and are not resubmitted; "
+                  f"see `python -m srlm_hpc.status` for their errors and logs. Later stages are not queued.", flush=True)
+            break
+        dependency = [j.split("_")[0] for j in sub.submitted.values()] + list(sub.in_queue.values())
+        dependency = sorted(set(dependency))
+    return subs

@@ -1,0 +1,78 @@
+"""One shard of one stage, whatever launched it: this process, a submitit array task, or a
+plain sbatch script.
+
+    python -m srlm_hpc.worker CONFIG_JSON STAGE [SHARD]     # SHARD defaults to $SLURM_ARRAY_TASK_ID
+    python -m srlm_hpc.worker --pending CONFIG_JSON STAGE   # prints the unfinished shards, "0,3,7"
+
+CONFIG_JSON is the resolved config that submit saved (<work_dir>/iter<k>/config.json):
+serialised once, and only its path travels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+from .config import load_config
+from .runner import plan_stage, run_shard, setup_process, stage_manifest, unfinished_shards
+
+
+def current_log() -> str:
+    """Where this task's output goes, for `status` to point at."""
+    with contextlib.suppress(Exception):
+        import submitit
+
+        return str(submitit.JobEnvironment().paths.stdout)
+    return os.environ.get("SRLM_LOG", "")
+
+
+def run(config_path: str, stage: str, shard: int) -> None:
+    cfg = load_config(config_path)
+    setup_process(cfg)
+    run_shard(cfg, stage, shard, log=current_log())
+
+
+class ShardTask:
+    """The callable submitit pickles: a config path and a stage name, nothing heavier.
+
+    On preemption or time-out submitit sends USR2, calls `checkpoint`, and requeues the
+    task; the shard then resumes from its last finished chunk (data stages) or training
+    checkpoint (sft, dpo), so nothing is recomputed twice or emitted twice."""
+
+    def __init__(self, config_path: str, stage: str):
+        self.config_path, self.stage = config_path, stage
+
+    def __call__(self, shard: int) -> int:
+        run(self.config_path, self.stage, shard)
+        return shard
+
+    def checkpoint(self, shard: int):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(ShardTask(self.config_path, self.stage), shard)
+
+
+def pending(config_path: str, stage: str) -> list[int]:
+    cfg = load_config(config_path)
+    man, n_shards = plan_stage(cfg, stage)
+    return unfinished_shards(man, n_shards)
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--pending"] and len(argv) == 3:
+        print(",".join(map(str, pending(argv[1], argv[2]))))
+        return 0
+    if len(argv) not in (2, 3):
+        print(__doc__, file=sys.stderr)
+        return 2
+    shard = argv[2] if len(argv) == 3 else os.environ.get("SLURM_ARRAY_TASK_ID")
+    if shard is None:
+        print("error: no SHARD argument and no $SLURM_ARRAY_TASK_ID", file=sys.stderr)
+        return 2
+    run(argv[0], argv[1], int(shard))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
