@@ -3,6 +3,8 @@ plain sbatch script.
 
     python -m srlm_hpc.worker CONFIG_JSON STAGE [SHARD]     # SHARD defaults to $SLURM_ARRAY_TASK_ID
     python -m srlm_hpc.worker --pending CONFIG_JSON STAGE   # prints the unfinished shards, "0,3,7"
+    python -m srlm_hpc.worker --write-config key=value ...  # saves the resolved config, prints its path
+    python -m srlm_hpc.worker --stages CONFIG_JSON          # the stages of that iteration, in order
 
 CONFIG_JSON is the resolved config that submit saved (<work_dir>/iter<k>/config.json):
 serialised once, and only its path travels.
@@ -62,6 +64,17 @@ def pending(config_path: str, stage: str) -> list[int]:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--pending"] and len(argv) == 3:
         print(",".join(map(str, pending(argv[1], argv[2]))))
+        return 0
+    if argv[:1] == ["--write-config"]:
+        from .config import absolute_paths, parse_args
+        from .submit import save_config
+
+        print(save_config(absolute_paths(parse_args(argv[1:])[0])))
+        return 0
+    if argv[:1] == ["--stages"] and len(argv) == 2:
+        from .submit import requested_stages
+
+        print(" ".join(requested_stages(load_config(argv[1]))))
         return 0
     if len(argv) not in (2, 3):
         print(__doc__, file=sys.stderr)

@@ -134,3 +134,22 @@ def test_sigkill_of_a_task_then_rerun(slurm, tmp_path, tiny_llama, reference):
     finish(work)
     assert outputs(work) == reference
     assert max(s.attempt for s in manifest(work, "responses").states(4)) == 2  # resubmitted once, not more
+
+
+def test_plain_sbatch_scripts_run_the_same_shards(slurm, tmp_path, tiny_llama, reference):
+    import os
+    import sys
+
+    work = prepare(tmp_path / "run", tiny_llama)
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "SRLM_PYTHON": sys.executable}
+    cmd = [str(repo / "slurm" / "iteration.sh"), "stage=prompts,responses", *args_for(work),
+           "--", "--partition=low", "--cpus-per-task=1", f"--chdir={tmp_path}"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    assert "[prompts] shards 0,1 submitted" in out and "[responses] shards 0,1,2,3 submitted" in out
+    wait_until(lambda: not queued_jobs(), 300, "the sbatch iteration to finish")
+    assert outputs(work) == reference
+    logs = [s.log for s in manifest(work, "responses").states()]
+    assert all(log and Path(log).exists() for log in logs), logs
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    assert "[responses] every shard is done" in again

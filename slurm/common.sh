@@ -1,0 +1,30 @@
+# Sourced by every stage's sbatch script: run one shard through the same worker entry
+# point and manifest that `python -m srlm_hpc.submit executor=slurm` uses.
+#
+# Preemption and time limits: the scripts ask for --signal=B:USR2@120 and --requeue. On
+# USR2 this shell requeues its own job (a job that merely exits on the signal is NOT
+# requeued by Slurm) and stops the worker; the requeued task resumes the shard from its
+# last finished chunk or training checkpoint.
+set -euo pipefail
+
+CONFIG="${1:?usage: sbatch --array=SHARDS slurm/<stage>.sbatch CONFIG_JSON}"
+STAGE="${SRLM_STAGE:?SRLM_STAGE is set by the stage script}"
+PYTHON="${SRLM_PYTHON:-python}"
+
+requeue() {
+    echo "[srlm] $(date -Is) USR2 on ${SLURM_JOB_ID}: requeueing shard ${SLURM_ARRAY_TASK_ID:-0} of ${STAGE}"
+    scontrol requeue "${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}_${SLURM_ARRAY_TASK_ID:-0}" 2>/dev/null \
+        || scontrol requeue "$SLURM_JOB_ID"
+    kill -TERM "$worker" 2>/dev/null || true
+    wait "$worker" || true
+    exit 0
+}
+trap requeue USR2
+
+# A shard is one array element: its index is the shard number.
+SHARD="${SLURM_ARRAY_TASK_ID:-0}"
+SRLM_LOG="$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/.*StdOut=\([^ ]*\).*/\1/p' | head -n 1)"
+export SRLM_LOG  # status points at it
+srun --kill-on-bad-exit=1 "$PYTHON" -m srlm_hpc.worker "$CONFIG" "$STAGE" "$SHARD" &
+worker=$!
+wait "$worker"
