@@ -1,21 +1,25 @@
-"""Stage `pairs`: per prompt, chosen = highest mean judge score, rejected = lowest.
+"""Stage `pairs` (alias `merge`): per prompt, chosen = highest mean judge score, rejected = lowest.
 
 SPEC.md step 4: ties between highest and lowest drop the prompt; so do prompts with fewer
 than `pairs.min_valid` scored responses. Among several equally top (or bottom) responses
 `pairs.tie_break` picks: the first, the one whose judge samples agree most (lowest
-variance), or the shortest (length control). Output: zstd-compressed JSON Lines with
-TRL's column names (prompt, chosen, rejected) plus ids, scores and token lengths.
+variance), or the shortest (length control). Output, under <work_dir>/iter<k>/pairs/:
+pairs-<NNNNN>.jsonl.zst (zstd JSON Lines with TRL's column names prompt, chosen, rejected,
+plus ids, scores, judge samples, token lengths and the iteration), stats.json, and
+index.json, the stage's output: files, record counts, sha256 and source shards of each.
+The streaming, verification and resume machinery is srlm_hpc/merge.py.
 
-    python -m srlm_hpc.submit stage=pairs iter=1 preset=demo
+    python -m srlm_hpc.submit stage=merge iter=1 preset=demo
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import asdict
+from pathlib import Path
+from typing import Iterator
 
 from ..config import Config
-from ..files import FileInfo, atomic_write_json, iter_jsonl
+from ..files import FileInfo, iter_jsonl, read_json, verify_file
+from ..merge import merge
 from ..schema import PairRecord, Response, ResponseSet, score_variance
 from ..shards import upstream_outputs
 
@@ -23,7 +27,11 @@ STAGE, UPSTREAM = "pairs", "judge"
 
 
 def plan(cfg: Config) -> tuple[int, dict]:
-    return 1, {"upstream_shards": len(upstream_outputs(cfg, UPSTREAM))}
+    """One shard: the merge is a single stream (the judge stage is where the parallelism is).
+    From the config alone, so the whole iteration can be queued before judge has run."""
+    from .judge import plan as judge_plan
+
+    return 1, {"judge_shards": judge_plan(cfg)[0]}
 
 
 def _pick(candidates: list[Response], tie_break: str) -> Response:
@@ -34,6 +42,10 @@ def _pick(candidates: list[Response], tie_break: str) -> Response:
     if tie_break == "shortest":
         return min(candidates, key=lambda r: r.n_tokens)
     raise ValueError(f"pairs.tie_break={tie_break!r}: expected 'first', 'variance' or 'shortest'")
+
+
+def _floats(scores: list) -> list[float | None]:
+    return [None if x is None else float(x) for x in scores]
 
 
 def build_pair(rs: ResponseSet, iteration: int, tie_break: str = "first",
@@ -48,46 +60,102 @@ def build_pair(rs: ResponseSet, iteration: int, tie_break: str = "first",
         return None, "all_tied"
     chosen = _pick([r for r in scored if r.score == hi], tie_break)
     rejected = _pick([r for r in scored if r.score == lo], tie_break)
+    # Scores as floats even when a judge record holds ints: `datasets` gives each file its own
+    # Arrow schema and refuses to join an int64 column of one file with a double of another.
     return PairRecord(
         prompt=rs.prompt, chosen=chosen.text, rejected=rejected.text, prompt_id=rs.prompt_id,
         chosen_id=chosen.response_id, rejected_id=rejected.response_id,
-        chosen_score=chosen.score, rejected_score=rejected.score,
-        chosen_judge_scores=chosen.judge_scores, rejected_judge_scores=rejected.judge_scores,
+        chosen_score=float(chosen.score), rejected_score=float(rejected.score),
+        chosen_judge_scores=_floats(chosen.judge_scores), rejected_judge_scores=_floats(rejected.judge_scores),
         chosen_tokens=chosen.n_tokens, rejected_tokens=rejected.n_tokens, iter=iteration,
     ), "kept"
 
 
-def pairs_path(cfg: Config, index: int = 0):
+# ---- stats.json: running counts in a plain dict of ints (the merge snapshots it per file) --
+BINS = [f"{i / 2:.1f}-{(i + 1) / 2:.1f}" for i in range(10)]  # the rubric's 0-5 in steps of 0.5
+DROP_REASONS = ("too_few_scored", "all_tied")  # build_pair's reasons, always listed
+
+
+def new_stats() -> dict:
+    return {"prompts": 0, "pairs": 0, "dropped": dict.fromkeys(DROP_REASONS, 0), "responses": 0,
+            "scored_responses": 0, "judge_samples": 0, "judge_parsed": 0, "chosen_hist": [0] * len(BINS),
+            "rejected_hist": [0] * len(BINS), "chosen_tokens": 0, "rejected_tokens": 0, "chosen_longer": 0}
+
+
+def add_to_stats(stats: dict, rs: ResponseSet, pair, why: str) -> None:
+    samples = parsed = scored = 0
+    for r in rs.responses:  # the types later stages rely on, checked where the error can name the line
+        js, sc = r.judge_scores, r.score
+        if type(r.text) is not str or type(r.n_tokens) is not int or type(js) is not list:
+            raise TypeError(f"response {r.response_id!r}: text must be a string, n_tokens an integer, "
+                            f"judge_scores a list")
+        if sc is not None:
+            if type(sc) is not float and type(sc) is not int:
+                raise TypeError(f"response {r.response_id!r}: score must be a number or null, got {sc!r}")
+            scored += 1
+        samples += len(js)
+        parsed += len(js) - js.count(None)
+    stats["prompts"] += 1
+    stats["responses"] += len(rs.responses)
+    stats["scored_responses"] += scored
+    stats["judge_samples"] += samples
+    stats["judge_parsed"] += parsed
+    if pair is None:
+        stats["dropped"][why] = stats["dropped"].get(why, 0) + 1
+        return
+    stats["pairs"] += 1
+    stats["chosen_hist"][min(max(int(pair.chosen_score * 2), 0), len(BINS) - 1)] += 1
+    stats["rejected_hist"][min(max(int(pair.rejected_score * 2), 0), len(BINS) - 1)] += 1
+    stats["chosen_tokens"] += pair.chosen_tokens
+    stats["rejected_tokens"] += pair.rejected_tokens
+    stats["chosen_longer"] += pair.chosen_tokens > pair.rejected_tokens
+
+
+def stats_report(stats: dict, iteration: int) -> dict:
+    """stats.json: what was kept, why the rest was dropped, and the length signal (SPEC: report
+    it every iteration; length growth is the known failure of self-rewarding)."""
+    n, s = stats["pairs"], stats
+    mean_c, mean_r = (s["chosen_tokens"] / n, s["rejected_tokens"] / n) if n else (0.0, 0.0)
+    return {
+        "iter": iteration, "prompts": s["prompts"], "pairs": n, "dropped": dict(sorted(s["dropped"].items())),
+        "responses": s["responses"], "scored_responses": s["scored_responses"],
+        "judge_samples": s["judge_samples"], "judge_parsed": s["judge_parsed"],
+        "judge_parse_rate": s["judge_parsed"] / s["judge_samples"] if s["judge_samples"] else 0.0,
+        "score_bins": BINS, "chosen_score_hist": s["chosen_hist"], "rejected_score_hist": s["rejected_hist"],
+        "mean_chosen_tokens": mean_c, "mean_rejected_tokens": mean_r,
+        "length_ratio": mean_c / mean_r if mean_r else None,  # chosen / rejected mean tokens
+        "chosen_longer_frac": s["chosen_longer"] / n if n else None,
+    }
+
+
+
+
+def pairs_path(cfg: Config, index: int = 0) -> Path:
     return cfg.stage_dir(STAGE) / f"pairs-{index:05d}.jsonl.zst"
 
 
-def iter_pairs(cfg: Config):
+def pair_files(cfg: Config) -> list[Path]:
+    """The pairs files of iteration cfg.run.iter, in order, each checked against index.json
+    (size, sha256), itself checked against the pairs manifest. For `datasets`/TRL:
+    load_dataset("json", data_files=[str(p) for p in pair_files(cfg)])."""
+    files = []
+    for info in upstream_outputs(cfg, STAGE):
+        index = read_json(info.path)
+        for f in index["files"]:
+            path = Path(info.path).parent / f["path"]
+            verify_file(path, f["bytes"], f["sha256"])
+            files.append(path)
+    return files
+
+
+def iter_pairs(cfg: Config) -> Iterator[PairRecord]:
     """Every pair of iteration cfg.run.iter, in file order, from verified files. DPO,
     ref_logps and the summary read pairs through this and nothing else."""
-    for info in upstream_outputs(cfg, STAGE):
-        for i, rec in enumerate(iter_jsonl(info.path), 1):
-            yield PairRecord.from_dict(rec, where=f"{info.path}:{i}")
+    for path in pair_files(cfg):
+        for i, rec in enumerate(iter_jsonl(path), 1):
+            yield PairRecord.from_dict(rec, where=f"{path}:{i}")
 
 
 def run_shard(cfg: Config, shard: int) -> FileInfo:
-    from ..files import write_jsonl
-
-    reasons: Counter[str] = Counter()
-    judged = parsed = 0
-    pairs = []
-    for info in upstream_outputs(cfg, UPSTREAM):
-        for i, rec in enumerate(iter_jsonl(info.path), 1):
-            rs = ResponseSet.from_dict(rec, where=f"{info.path}:{i}")
-            for r in rs.responses:
-                judged += len(r.judge_scores)
-                parsed += sum(s is not None for s in r.judge_scores)
-            pair, why = build_pair(rs, cfg.run.iter, cfg.pairs.tie_break, cfg.pairs.min_valid)
-            reasons[why] += 1
-            if pair is not None:
-                pairs.append(asdict(pair))
-    info = write_jsonl(pairs_path(cfg), pairs)
-    atomic_write_json(cfg.stage_dir(STAGE) / "stats.json", {
-        "pairs": len(pairs), "prompts": sum(reasons.values()), "dropped": {k: v for k, v in reasons.items() if k != "kept"},
-        "judge_samples": judged, "judge_parse_rate": parsed / judged if judged else 0.0,
-    })
-    return info
+    """The whole merge; returns index.json's FileInfo with records = the number of pairs."""
+    return merge(cfg)
