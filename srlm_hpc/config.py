@@ -54,6 +54,7 @@ class SFTConfig:
     grad_clip: float = 1.0
     autocast: Literal["none", "bf16"] = "none"
     checkpoint_every: int = 0  # optimizer steps between resumable checkpoints; 0: four per run
+    freeze_layers: int = 0  # freeze embeddings + this many bottom blocks (0: full fine-tuning, the paper's)
 
 
 @dataclass(frozen=True)

@@ -6,18 +6,24 @@ from pathlib import Path
 
 from ..config import Config
 from ..engines import Engine, make_engine, resolve_engine_name
-from ..models import model_path, resolve_device
+
+# models (and so torch) is imported inside the functions: planning a stage, and the
+# merger, must not pay torch's ~1.5 s import.
 
 _ENGINES: dict[tuple, Engine] = {}
 
 
 def current_model(cfg: Config, override: str = "") -> Path:
     """M_k for iteration k (the model that generates and judges), unless a stage names another."""
+    from ..models import model_path
+
     return Path(override) if override else model_path(cfg, cfg.run.iter)
 
 
 def engine_for(cfg: Config, path: Path, batch_size: int) -> Engine:
     """One engine per (engine, model) per process: a local run of many shards loads it once."""
+    from ..models import resolve_device
+
     key = (resolve_engine_name(cfg.run.engine), str(path), batch_size)
     if key not in _ENGINES:
         for old in list(_ENGINES):

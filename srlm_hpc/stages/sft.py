@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ..config import Config
 from ..data.oasst import load_seed
 from ..files import FileInfo, file_info
-from ..models import load_model, load_tokenizer, model_path, resolve_device, save_model, weights_file
+from ..models import freeze_bottom, load_model, load_tokenizer, model_path, resolve_device, save_model, weights_file
 from ..training.loop import batch_plan, train
 from ..training.tokenize import IGNORE, collate, encode_prompt, encode_target, join
 
@@ -58,6 +58,7 @@ def run_shard(cfg: Config, shard: int) -> FileInfo:
     base = model_path(cfg, 0)
     tok = load_tokenizer(base)
     model = load_model(base, device=device, dropout=s.dropout)
+    freeze_bottom(model, s.freeze_layers)
     examples = seed_examples(cfg)
     encoded = encode(tok, examples, s.max_len)
     stage_dir = cfg.stage_dir(STAGE)
