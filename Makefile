@@ -28,6 +28,7 @@ $(STAMP): pyproject.toml Makefile
 
 demo: setup
 	$(PY) -m srlm_hpc.submit preset=demo stage=all iter=1 $(DEMO_ARGS)
+	$(PY) -m srlm_hpc.report preset=demo $(DEMO_ARGS)
 
 test: setup
 	$(PY) -m pytest tests

@@ -128,6 +128,35 @@ class DPOConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    # "" = the shipped seed's IFT trees with 2+ ranked replies and its IFT prompts: a smoke-scale
+    # stand-in for the paper's 541 held-out examples and 256 test prompts. Otherwise an oasst1
+    # source (data.oasst.load_messages): "OpenAssistant/oasst1", a snapshot folder, or a file;
+    # its held-out split (the same split_seed / ift_size / heldout_frac as the data was built
+    # with) gives both the ranked replies and the head-to-head prompts.
+    oasst_path: str = ""
+    split_seed: int = 1234  # the data split's own seed: changing run.seed must not move it
+    ift_size: int = 3200  # paper: 3,200 IFT examples
+    heldout_frac: float = 0.25  # our choice: 541 eval / (541 + 1,630) EFT examples in the paper
+    max_rm_prompts: int = 256  # 541 examples / 2.85 per prompt = ~190 prompts in the paper
+    max_h2h_prompts: int = 256  # paper: 256 test prompts
+    shard_size: int = 32  # prompts per shard (of each kind)
+    batch_size: int = 8  # conversations per generate call
+    judge_model: str = ""  # head-to-head judge; "" = M_{k+1} (the paper used GPT-4: set a strong model)
+    baseline_model: str = ""  # "" = M1 (this run's SFT); the paper's baseline is SFT on IFT only
+    compare_temperature: float = 0.0  # greedy verdicts: one deterministic sample per order
+    compare_max_tokens: int = 256
+
+
+@dataclass(frozen=True)
+class EFTConfig:
+    model: str = ""  # the IFT-only SFT baseline; "" = M1 of this run (train it with sft.use_eft=false)
+    max_prompts: int = 8192  # bound on EFT-train prompts, so the plan needs no data (oasst1: a few thousand)
+    shard_size: int = 64
+    batch_size: int = 8
+
+
+@dataclass(frozen=True)
 class SlurmConfig:
     """sbatch resources of every stage's array job (the same for all stages unless set per run)."""
     partition: str = ""
@@ -154,6 +183,8 @@ class Config:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    eft: EFTConfig = field(default_factory=EFTConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     # ---- paths every stage agrees on -------------------------------------------------
@@ -322,7 +353,9 @@ def _validate(cfg: Config) -> Config:
         problems.append(f"responses.n={cfg.responses.n}: expected at least 2 (a pair needs two responses)")
     if cfg.judge.k < 1:
         problems.append(f"judge.k={cfg.judge.k}: expected at least 1")
-    for key in ("prompts.shard_size", "responses.shard_size", "judge.shard_size"):
+    if not 0 <= cfg.eval.heldout_frac < 1:
+        problems.append(f"eval.heldout_frac={cfg.eval.heldout_frac}: expected a number in [0, 1)")
+    for key in ("prompts.shard_size", "responses.shard_size", "judge.shard_size", "eval.shard_size", "eft.shard_size"):
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
             problems.append(f"{key}: expected an integer >= 1")

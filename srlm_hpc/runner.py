@@ -76,7 +76,20 @@ def run_shard(cfg: Config, stage: str, shard: int, log: str = "") -> None:
     man.mark_done(shard, info)
     print(f"[{stage}] shard {shard}: done, {info.records} records, {info.bytes} bytes "
           f"in {time.time() - t0:.1f}s", flush=True)
-    if stage == "dpo":  # the iteration's last stage, however it was launched
+    finish_stage_if_complete(cfg, stage)
+
+
+def finish_stage_if_complete(cfg: Config, stage: str) -> None:
+    """After a stage's last shard, however it was launched: its `finalize`, and after dpo the
+    iteration's summary."""
+    man = stage_manifest(cfg, stage)
+    plan = man.plan()
+    if plan is None or unfinished_shards(man, plan["n_shards"]):
+        return
+    finalize = getattr(get_stage(stage), "finalize", None)
+    if finalize is not None:
+        finalize(cfg)
+    if stage == "dpo":
         from .summary import print_summary, write_summary
 
         print_summary(write_summary(cfg))
@@ -89,3 +102,5 @@ def run_stage_local(cfg: Config, stage: str) -> None:
           f"{len(todo)} to run", flush=True)
     for shard in todo:
         run_shard(cfg, stage, shard)
+    if not todo:  # a rerun: redo the stage's finalize in case it was cut short last time
+        finish_stage_if_complete(cfg, stage)

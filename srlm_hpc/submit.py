@@ -18,7 +18,7 @@ import time
 from .config import Config, ConfigError, absolute_paths, parse_args, to_dict
 from .files import atomic_write_json
 from .runner import run_stage_local, setup_process
-from .stages import ALIASES, ORDER, stage_names
+from .stages import ALIASES, EXTRA, ORDER, stage_names
 
 
 def resolve_executor(cfg: Config) -> str:
@@ -32,11 +32,12 @@ def requested_stages(cfg: Config) -> list[str]:
     if cfg.run.stage == "all":
         return stage_names(cfg.run.iter)
     names = [ALIASES.get(s.strip(), s.strip()) for s in cfg.run.stage.split(",") if s.strip()]
-    bad = [n for n in names if n not in ORDER]
+    known = ORDER + EXTRA
+    bad = [n for n in names if n not in known]
     if bad or not names:
-        raise ValueError(f"stage={cfg.run.stage!r}: expected all, or one or more of {', '.join(ORDER)}, merge "
+        raise ValueError(f"stage={cfg.run.stage!r}: expected all, or one or more of {', '.join(known)}, merge "
                          f"(comma-separated)")
-    return sorted(set(names), key=ORDER.index)
+    return sorted(set(names), key=known.index)
 
 
 def save_config(cfg: Config):

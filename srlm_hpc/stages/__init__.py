@@ -3,7 +3,9 @@
     plan(cfg) -> (n_shards, keys)      how the stage splits; keys must not change on resume
     run_shard(cfg, shard) -> FileInfo  do one shard, write its output atomically, describe it
 
-and reads its inputs from the work dir only: no stage knows how it was launched.
+and reads its inputs from the work dir only: no stage knows how it was launched. A stage
+may also define `finalize(cfg)`: run after its last shard is done (idempotent, since two
+tasks may finish together), e.g. to aggregate shard outputs into one metrics file.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-ORDER = ("sft", "prompts", "responses", "judge", "pairs", "dpo")
+ORDER = ("sft", "prompts", "responses", "judge", "pairs", "dpo", "eval")
+EXTRA = ("eft",)  # run on request only: builds EFT data from oasst1 with an IFT-only baseline
 
 
 def stage_names(iteration: int) -> list[str]:
@@ -24,6 +27,6 @@ ALIASES = {"merge": "pairs"}  # the pairs stage is the merger of judged shards
 
 def get_stage(name: str) -> ModuleType:
     name = ALIASES.get(name, name)
-    if name not in ORDER:
-        raise ValueError(f"stage={name!r}: expected one of {', '.join(ORDER)}, or all")
+    if name not in ORDER + EXTRA:
+        raise ValueError(f"stage={name!r}: expected one of {', '.join(ORDER + EXTRA)}, or all")
     return importlib.import_module(f"{__name__}.{name}")

@@ -45,14 +45,15 @@ def iteration(tmp_path_factory, tiny_llama):
             "prompts.n_prompts=6", "prompts.shard_size=3", "prompts.max_tokens=12", "prompts.min_words=1",
             "responses.n=4", "responses.max_tokens=12", "responses.shard_size=4", "responses.batch_size=4",
             "judge.k=3", "judge.max_tokens=8", "judge.shard_size=4", "judge.batch_size=12",
-            "dpo.lr=1e-3", "dpo.batch_size=2", "dpo.micro_batch_size=2", "dpo.epochs=2", "dpo.dropout=0.0"]
+            "dpo.lr=1e-3", "dpo.batch_size=2", "dpo.micro_batch_size=2", "dpo.epochs=2", "dpo.dropout=0.0",
+            "eval.max_rm_prompts=4", "eval.max_h2h_prompts=3", "eval.shard_size=4", "eval.compare_max_tokens=8"]
     assert submit(["stage=all", "iter=1", *args]) == 0
     return build_config({a.split("=", 1)[0]: a.split("=", 1)[1] for a in args}), args
 
 
 def test_every_stage_is_done_in_the_manifest(iteration):
     cfg, _ = iteration
-    for stage in ("sft", "prompts", "responses", "judge", "pairs", "dpo"):
+    for stage in ("sft", "prompts", "responses", "judge", "pairs", "dpo", "eval"):
         man = StageManifest(cfg.manifest_root, 1, stage)
         plan = man.plan()
         assert plan is not None, stage
@@ -128,3 +129,14 @@ def test_rerun_skips_every_finished_shard(iteration, capsys):
     assert submit(["stage=all", "iter=1", *args]) == 0
     assert {p: p.stat().st_mtime_ns for p in cfg.work_dir.rglob("shard-*.jsonl")} == before
     assert "0 to run" in capsys.readouterr().out
+
+
+def test_eval_metrics_and_report(iteration, tmp_path):
+    from srlm_hpc.report import main as report
+
+    cfg, args = iteration
+    metrics = read_json(cfg.stage_dir("eval") / "metrics.json")
+    assert 0.0 <= metrics["reward_modeling"]["parse_rate"] <= 1.0
+    assert report([a for a in args if a.startswith("work_dir=")]) == 0
+    html = (cfg.work_dir / "report" / "index.html").read_text()
+    assert "<img" in html and "pairwise" in html.lower()

@@ -1,0 +1,352 @@
+"""One HTML page of a run across its iterations, with PNG plots and the paper's numbers beside ours.
+
+    python -m srlm_hpc.report work_dir=runs/demo            # -> runs/demo/report/index.html
+    python -m srlm_hpc.report preset=demo                   # the same, work_dir from the preset
+
+Reads per iteration k, each file optional: iter<k>/summary.json, iter<k>/pairs/stats.json,
+iter<k>/dpo/train_log.jsonl and iter<k>/eval/metrics.json (written by the eval stage's
+`summarise`; made here when the eval shards are done but it is missing). Iteration k's eval
+measures M_{k+1}, so iteration 1 lines up with the paper's M2. Every file is written
+atomically; the plots use matplotlib's Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import re
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from .config import Config, ConfigError, parse_args
+from .files import atomic_write_bytes, read_json
+
+# SPEC.md, "Evaluation" (Yuan et al. 2024, Table 4 and Sec. 3): reward modeling on the 541
+# held-out OA examples (percent for the first three), pairs per iteration, and mean response
+# length on AlpacaEval (a different prompt set from ours: compare the trend, not the value).
+PAPER_RM = {  # model -> (pairwise accuracy %, 5-best %, exact match %, Spearman, Kendall tau)
+    "SFT baseline": (65.1, 39.6, 10.1, 0.253, 0.233),
+    "M1": (78.7, 41.5, 13.1, 0.279, 0.253),
+    "M2": (80.4, 44.3, 14.3, 0.331, 0.315),
+    "M3": (81.7, 43.2, 14.3, 0.349, 0.324),
+}
+RM_KEYS = ("pairwise_accuracy", "five_best", "exact_match", "spearman", "kendall_tau")
+RM_LABELS = ("Pairwise accuracy (%)", "5-best (%)", "Exact match (%)", "Spearman", "Kendall tau")
+PAPER_PAIRS = {"M2": 3964, "M3": 6942}  # the pairs each model was trained on (made by M1, then M2)
+PAPER_LENGTH = {"M1": 1092, "M2": 1552, "M3": 2552}  # tokens, AlpacaEval
+
+
+def iterations(work_dir: Path) -> list[int]:
+    found = [int(m.group(1)) for p in work_dir.glob("iter*") if (m := re.fullmatch(r"iter(\d+)", p.name))]
+    return sorted(found)
+
+
+def _json(path: Path):
+    return read_json(path) if path.exists() else None
+
+
+def _train_log(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _eval_metrics(cfg: Config, k: int) -> dict | None:
+    path = cfg.stage_dir("eval", k) / "metrics.json"
+    if path.exists():
+        return read_json(path)
+    if not cfg.stage_dir("eval", k).exists():
+        return None
+    from .shards import UpstreamNotReadyError
+    from .stages.eval import summarise
+
+    try:
+        return summarise(replace(cfg, run=replace(cfg.run, iter=k)))
+    except UpstreamNotReadyError:
+        return None
+
+
+def collect(cfg: Config) -> dict[int, dict]:
+    """Everything the page shows, per iteration."""
+    out = {}
+    for k in iterations(cfg.work_dir):
+        out[k] = {"summary": _json(cfg.iter_dir(k) / "summary.json"),
+                  "pairs": _json(cfg.stage_dir("pairs", k) / "stats.json"),
+                  "dpo": _train_log(cfg.stage_dir("dpo", k) / "train_log.jsonl"),
+                  "eval": _eval_metrics(cfg, k)}
+    return out
+
+
+# ---- plots -----------------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    _plt().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path.name
+
+
+def _legend(ax, **kw) -> None:
+    if ax.get_legend_handles_labels()[0]:  # an iteration without data draws nothing to label
+        ax.legend(**kw)
+
+
+def _rm(data: dict, k: int) -> dict:
+    return ((data[k]["eval"] or {}).get("reward_modeling")) or {}
+
+
+def plot_reward_modeling(data: dict, out: Path) -> str:
+    plt = _plt()
+    ks = [k for k in data if _rm(data, k)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, keys, scale in ((axes[0], RM_KEYS[:3], 100), (axes[1], RM_KEYS[3:], 1)):
+        for key in keys:  # x = model index: 0 = the paper's SFT baseline, k = M_k
+            label, i = RM_LABELS[RM_KEYS.index(key)], RM_KEYS.index(key)
+            ys = [(_rm(data, k).get(key) or float("nan")) * scale for k in ks]
+            line = ax.plot([k + 1 for k in ks], ys, "o-", label=f"run: {label}")[0]
+            ax.plot(range(4), [v[i] for v in PAPER_RM.values()], "x--", color=line.get_color(), alpha=0.5,
+                    label=f"paper: {label}")
+        top = max([3, *(k + 1 for k in ks)])
+        ax.set_xticks(range(top + 1), ["SFT\nbaseline", *(f"M{m}" for m in range(1, top + 1))])
+        _legend(ax, fontsize=7)
+        ax.grid(alpha=0.3)
+    axes[0].set_title("Reward modeling on held-out ranked replies (%)")
+    axes[1].set_title("Correlation of judge score with human rank")
+    return _save(fig, out / "reward_modeling.png")
+
+
+def plot_parse_rate(data: dict, out: Path) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ks = list(data)
+    train = [((data[k]["summary"] or {}).get("judge_parse_rate") or float("nan")) * 100 for k in ks]
+    held = [(_rm(data, k).get("parse_rate") or float("nan")) * 100 for k in ks]
+    ax.plot([f"iter {k}" for k in ks], train, "o-", label="judge stage (M_k on its own responses)")
+    ax.plot([f"iter {k}" for k in ks], held, "s-", label="eval (M_k+1 on held-out replies)")
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("parsed judge samples (%)")
+    _legend(ax, fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, out / "parse_rate.png")
+
+
+def plot_score_hists(data: dict, out: Path) -> str:
+    plt = _plt()
+    ks = list(data)
+    fig, axes = plt.subplots(len(ks), 2, figsize=(11, 3 * len(ks)), squeeze=False)
+    for row, k in enumerate(ks):
+        p, rm = data[k]["pairs"] or {}, _rm(data, k)
+        ax = axes[row][0]
+        if p.get("score_bins"):
+            x = range(len(p["score_bins"]))
+            ax.bar([i - 0.2 for i in x], p["chosen_score_hist"], width=0.4, label="chosen")
+            ax.bar([i + 0.2 for i in x], p["rejected_score_hist"], width=0.4, label="rejected")
+            ax.set_xticks(list(x), p["score_bins"], rotation=45, fontsize=7)
+            _legend(ax, fontsize=8)
+        ax.set_title(f"iter {k}: pair scores (judge M{k})", fontsize=9)
+        ax = axes[row][1]
+        if rm.get("score_bins"):
+            x = list(range(len(rm["score_bins"])))
+            for n, (rank, h) in enumerate(rm["score_hist_by_rank"].items()):
+                ax.bar([i + (n - 1) * 0.27 for i in x], h, width=0.27, label=f"human rank {rank}")
+            ax.set_xticks(x, rm["score_bins"], rotation=45, fontsize=7)
+            _legend(ax, fontsize=8)
+        ax.set_title(f"iter {k}: held-out scores by human rank (judge M{k + 1})", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out / "score_hists.png")
+
+
+def plot_lengths(data: dict, out: Path) -> str:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    dists, labels = [], []
+    for k in data:
+        length = (data[k]["eval"] or {}).get("length") or {}
+        if length.get("responses_stage", {}).get("lengths"):
+            dists.append(length["responses_stage"]["lengths"])
+            labels.append(f"M{k} samples\n(iter {k})")
+        new = length.get("answers", {}).get("new")
+        if new and new.get("lengths"):
+            dists.append(new["lengths"])
+            labels.append(f"{new['model']} held-out\n(iter {k} eval)")
+    if dists:
+        axes[0].boxplot(dists, showmeans=True)
+        axes[0].set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
+    axes[0].set_title("Response length (tokens); triangle = mean")
+    ks = [k for k in data if data[k]["pairs"]]
+    ratio = [data[k]["pairs"].get("length_ratio") or float("nan") for k in ks]
+    axes[1].plot([f"iter {k}" for k in ks], ratio, "o-", label="mean chosen / mean rejected tokens")
+    axes[1].axhline(1.0, color="grey", lw=0.8)
+    axes[1].set_title("Length of the pairs (growth is the known failure)")
+    _legend(axes[1], fontsize=8)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    return _save(fig, out / "lengths.png")
+
+
+def plot_pairs(data: dict, out: Path) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ks = [k for k in data if data[k]["pairs"]]
+    names = [f"iter {k}" for k in ks]
+    bottom = [data[k]["pairs"]["pairs"] for k in ks]
+    ax.bar(names, bottom, label="pairs kept")
+    reasons = sorted({r for k in ks for r in data[k]["pairs"].get("dropped", {})})
+    for reason in reasons:
+        h = [data[k]["pairs"]["dropped"].get(reason, 0) for k in ks]
+        ax.bar(names, h, bottom=bottom, label=f"dropped: {reason}")
+        bottom = [b + x for b, x in zip(bottom, h)]
+    ax.set_ylabel("prompts")
+    ax.set_title("Preference pairs per iteration (paper: 3,964 then 6,942)", fontsize=9)
+    _legend(ax, fontsize=8)
+    return _save(fig, out / "pairs.png")
+
+
+def plot_dpo(data: dict, out: Path) -> str:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.5))
+    for k in data:
+        log = data[k]["dpo"]
+        if not log:
+            continue
+        steps = [e["step"] for e in log]
+        for ax, key in zip(axes, ("loss", "reward_margin", "reward_accuracy")):
+            ax.plot(steps, [e.get(key, float("nan")) for e in log], ".-", label=f"iter {k}")
+    for ax, title in zip(axes, ("DPO loss", "reward margin (chosen - rejected)", "reward accuracy")):
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        _legend(ax, fontsize=8)
+    return _save(fig, out / "dpo.png")
+
+
+def plot_head_to_head(data: dict, out: Path) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    rows = [(f"{h['new_model']} vs {h['old_model']}", h) for k in data
+            for h in ((data[k]["eval"] or {}).get("head_to_head") or {}).values()]
+    left = [0] * len(rows)
+    for outcome, color in (("win", "tab:green"), ("tie", "tab:grey"), ("loss", "tab:red"), ("unparsed", "white")):
+        w = [h[outcome] for _, h in rows]
+        ax.barh([name for name, _ in rows], w, left=left, color=color, edgecolor="black", label=outcome)
+        left = [a + b for a, b in zip(left, w)]
+    ax.set_xlabel("held-out prompts")
+    ax.set_title("Head-to-head, both orders (disagreement = tie)")
+    _legend(ax, fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+    return _save(fig, out / "head_to_head.png")
+
+
+PLOTS = (plot_reward_modeling, plot_head_to_head, plot_parse_rate, plot_score_hists, plot_lengths, plot_pairs,
+         plot_dpo)
+
+
+# ---- the page ---------------------------------------------------------------------------------------
+def _fmt(v, pct: bool = False, digits: int = 3) -> str:
+    if v is None:
+        return "&ndash;"
+    return f"{v * 100:.1f}" if pct else (f"{v:,.{digits}f}" if isinstance(v, float) else f"{v:,}")
+
+
+def _answer_length(data: dict, k: int) -> float | None:
+    length = (data[k]["eval"] or {}).get("length") or {}
+    return (length.get("answers", {}).get("new") or {}).get("mean")
+
+
+def comparison_table(data: dict) -> str:
+    """The paper's numbers beside the run's: one column per model."""
+    paper_cols = list(PAPER_RM)
+    run_cols = [(k, f"M{k + 1}") for k in data if _rm(data, k)]
+    head = "".join(f"<th>paper {c}</th>" for c in paper_cols) + "".join(f"<th>run {m}</th>" for _, m in run_cols)
+    rows = []
+    for i, (key, label) in enumerate(zip(RM_KEYS, RM_LABELS)):
+        pct = "%" in label
+        cells = "".join(f"<td>{PAPER_RM[c][i]}</td>" for c in paper_cols)
+        cells += "".join(f"<td>{_fmt(_rm(data, k).get(key), pct)}</td>" for k, _ in run_cols)
+        rows.append(f"<tr><th>{label}</th>{cells}</tr>")
+    cells = "<td>&ndash;</td>" * len(paper_cols) + "".join(f"<td>{_fmt(_rm(data, k).get('parse_rate'), True)}</td>"
+                                                          for k, _ in run_cols)
+    rows.append(f"<tr><th>Judge parse rate (%)</th>{cells}</tr>")
+    cells = "".join(f"<td>{_fmt(PAPER_PAIRS.get(c))}</td>" for c in paper_cols)
+    cells += "".join(f"<td>{_fmt((data[k]['pairs'] or {}).get('pairs'))}</td>" for k, _ in run_cols)
+    rows.append(f"<tr><th>DPO pairs this model was trained on</th>{cells}</tr>")
+    cells = "".join(f"<td>{_fmt(PAPER_LENGTH.get(c))}</td>" for c in paper_cols)
+    cells += "".join(f"<td>{_fmt(_answer_length(data, k), digits=1)}</td>" for k, _ in run_cols)
+    rows.append(f"<tr><th>Mean response length (tokens; paper on AlpacaEval)</th>{cells}</tr>")
+    return f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table>"
+
+
+def iteration_table(data: dict) -> str:
+    head = ("<tr><th>iter</th><th>prompts</th><th>responses</th><th>judge parse %</th><th>pairs</th>"
+            "<th>chosen/rejected length</th><th>DPO loss first &rarr; last</th>"
+            "<th>head-to-head (win/tie/loss/unparsed)</th></tr>")
+    rows = []
+    for k, d in data.items():
+        s, p, e = d["summary"] or {}, d["pairs"] or {}, d["eval"] or {}
+        h2h = "; ".join(f"{h['new_model']} vs {h['old_model']}: {h['win']}/{h['tie']}/{h['loss']}/{h['unparsed']}"
+                        for h in (e.get("head_to_head") or {}).values())
+        loss = f"{_fmt(d['dpo'][0].get('loss'))} &rarr; {_fmt(d['dpo'][-1].get('loss'))}" if d["dpo"] else "&ndash;"
+        rows.append(f"<tr><td>{k}</td><td>{_fmt(s.get('n_prompts'))}</td><td>{_fmt(s.get('n_responses'))}</td>"
+                    f"<td>{_fmt(s.get('judge_parse_rate', p.get('judge_parse_rate')), True)}</td>"
+                    f"<td>{_fmt(p.get('pairs'))}</td><td>{_fmt(p.get('length_ratio'))}</td><td>{loss}</td>"
+                    f"<td>{html.escape(h2h) or '&ndash;'}</td></tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+CSS = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+       "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 8px;text-align:right}"
+       "th{background:#f2f2f2}img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}.note{color:#555}")
+
+
+def write_report(cfg: Config) -> Path:
+    out = cfg.work_dir / "report"
+    data = collect(cfg)
+    if not data:
+        raise FileNotFoundError(f"{cfg.work_dir}: no iter<k>/ folders; run an iteration first "
+                                f"(python -m srlm_hpc.submit stage=all iter=1 work_dir={cfg.work_dir})")
+    images = [plot(data, out) for plot in PLOTS]
+    sources = {k: (d["eval"] or {}).get("heldout_source") for k, d in data.items()}
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>srlm_hpc report: {html.escape(cfg.run.run)}</title><style>{CSS}</style></head><body>"
+        f"<h1>Self-rewarding run <code>{html.escape(cfg.run.run)}</code></h1>"
+        f"<p class='note'>{html.escape(str(cfg.work_dir))}; iterations {', '.join(map(str, data))}. "
+        "Iteration k's eval measures M<sub>k+1</sub>, the model it made. Held-out data: "
+        f"{html.escape(json.dumps(sources))}.</p>"
+        "<h2>The paper beside this run</h2>" + comparison_table(data) +
+        "<p class='note'>Paper: Yuan et al. 2024 (SPEC.md), Llama 2 70B on 541 held-out Open Assistant examples. "
+        "A run on the shipped seed set is a smoke test: its numbers show the machinery, not the method.</p>"
+        "<h2>Iterations</h2>" + iteration_table(data) +
+        "<h2>Plots</h2>" + "".join(f"<p><img src='{name}' alt='{name}'></p>" for name in images) +
+        "</body></html>\n")
+    atomic_write_bytes(out / "index.html", page.encode())
+    return out / "index.html"
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg, _ = parse_args(sys.argv[1:] if argv is None else argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        path = write_report(cfg)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Stage `eft`: the baseline judges ranked replies (tiny random Llama), then `finalize` keeps the
+prompts whose scores agree with the human ranking, rebalances, and writes SFT-format data."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from srlm_hpc.config import build_config
+from srlm_hpc.data.oasst import load_seed
+from srlm_hpc.files import read_json, read_jsonl, write_jsonl
+from srlm_hpc.manifest import StageManifest
+from srlm_hpc.stages import eft
+from srlm_hpc.templates import judge_prompt
+
+
+def make_cfg(work, tiny_llama, **kw):
+    cfg = build_config({"work_dir": str(work), "model": str(tiny_llama), "engine": "hf", "device": "cpu",
+                        "judge.max_tokens": 6})
+    section = dataclasses.replace(eft.eft_config(cfg), model=str(tiny_llama), **kw)
+    if "eft" in {f.name for f in dataclasses.fields(cfg)}:
+        return dataclasses.replace(cfg, eft=section)
+    object.__setattr__(cfg, "eft", section)  # until the lead adds Config.eft
+    return cfg
+
+
+def test_shard_judges_every_ranked_reply_once(tmp_path, tiny_llama):
+    cfg = make_cfg(tmp_path / "run", tiny_llama, max_prompts=2, shard_size=2, batch_size=4)
+    assert eft.plan(cfg)[0] == 1
+    info = eft.run_shard(cfg, 0)
+    recs = read_jsonl(info.path)
+    assert len(recs) == 2
+    for rec in recs:
+        assert len(rec["replies"]) >= 2
+        assert all(isinstance(x["judgement"], str) and set(x) == {"id", "text", "rank", "judgement", "score"}
+                   for x in rec["replies"])
+
+
+def test_finalize_filters_rebalances_and_writes_sft_format(tmp_path, tiny_llama):
+    cfg = make_cfg(tmp_path / "run", tiny_llama, max_prompts=4, shard_size=4)
+
+    def rec(i, scores):
+        return {"tree_id": f"t{i}", "prompt_id": f"t{i}", "prompt": f"Question {i}?", "replies": [
+            {"id": f"t{i}-{r}", "text": f"reply {r}", "rank": r, "judgement": f"Fine.\nScore: {s}", "score": s}
+            for r, s in enumerate(scores)]}
+
+    # t0, t1 agree (4 appears 2x, 2 once, 5 once, 3 once -> 4 thinned to 1); t2 ties; t3 is reversed
+    records = [rec(0, [4, 2]), rec(1, [5, 4, 3]), rec(2, [3, 3]), rec(3, [1, 4])]
+    man = StageManifest(cfg.manifest_root, 1, "eft")
+    man.write_plan(*eft.plan(cfg))
+    man.mark_running(0)
+    man.mark_done(0, write_jsonl(cfg.stage_dir("eft") / "shard-00000.jsonl", records))
+    stats = eft.finalize(cfg)
+    assert (stats["prompts"], stats["agree"], stats["examples_agreeing"], stats["examples"]) == (4, 2, 5, 4)
+    assert stats["scores_before"] == {"2": 1, "3": 1, "4": 2, "5": 1} and stats["scores_after"]["4"] == 1
+    assert read_json(cfg.stage_dir("eft") / "stats.json") == stats
+    pairs = load_seed("eft", stats["sft_eft_path"])
+    assert len(pairs) == 4 and all(p["response"].endswith(("Score: 2", "Score: 3", "Score: 4", "Score: 5")) for p in pairs)
+    assert judge_prompt("Question 1?", "reply 0") in {p["prompt"] for p in pairs}

@@ -1,0 +1,101 @@
+"""srlm_hpc.report on a synthetic two-iteration run dir: the page, its images, the paper table;
+and, where a Chromium is installed, a headless screenshot of the page."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from srlm_hpc.files import atomic_write_json
+from srlm_hpc.report import PAPER_RM, main
+from srlm_hpc.stages.eval import aggregate
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+IMAGES = ("reward_modeling.png", "head_to_head.png", "parse_rate.png", "score_hists.png", "lengths.png",
+          "pairs.png", "dpo.png")
+
+
+def eval_records(k: int) -> list[dict]:
+    """Held-out judgements that get better with k, answers that get longer, one h2h opponent."""
+    recs = []
+    for i in range(6):
+        good = i < 2 + 2 * k
+        scores = [5.0, 3.0, 1.0] if good else [2.0, 4.0, None]
+        recs.append({"kind": "rm", "ranks": [0, 1, 2], "responses": [
+            {"score": s, "judge_scores": [s, s if i % 2 else None]} for s in scores]})
+        for role, model, n in (("new", f"M{k + 1}", 40 * k + i), ("previous", f"M{k}", 30 * k + i)):
+            recs.append({"kind": "answer", "role": role, "model": model, "n_tokens": n, "finish_reason": "stop"})
+        recs.append({"kind": "h2h", "opponent": "previous", "new_model": f"M{k + 1}", "old_model": f"M{k}",
+                     "judge_model": f"M{k + 1}", "verdicts": ["A", "B" if good else "A"],
+                     "outcome": "win" if good else "tie"})
+    return recs
+
+
+def make_run(work):
+    for k in (1, 2):
+        it = work / f"iter{k}"
+        hist = [0, 0, 1, 2, 3, 2, 4, 5, 3, 1]
+        atomic_write_json(it / "pairs" / "stats.json", {
+            "iter": k, "prompts": 20, "pairs": 12 + k, "dropped": {"all_tied": 5 - k, "too_few_scored": 3},
+            "judge_parse_rate": 0.8, "score_bins": [f"{i / 2:.1f}-{(i + 1) / 2:.1f}" for i in range(10)],
+            "chosen_score_hist": hist, "rejected_score_hist": hist[::-1], "mean_chosen_tokens": 60.0 * k,
+            "mean_rejected_tokens": 50.0, "length_ratio": 1.2 * k, "chosen_longer_frac": 0.6})
+        atomic_write_json(it / "summary.json", {"iter": k, "n_prompts": 20, "n_responses": 80,
+                                                "judge_parse_rate": 0.8 + 0.05 * k, "n_pairs": 12 + k})
+        (it / "dpo").mkdir(parents=True)
+        (it / "dpo" / "train_log.jsonl").write_text("".join(json.dumps(
+            {"step": s, "loss": 0.69 - 0.05 * s, "reward_chosen": 0.01 * s, "reward_rejected": -0.01 * s,
+             "reward_margin": 0.02 * s, "reward_accuracy": min(1.0, 0.5 + 0.1 * s)}) + "\n" for s in range(5)))
+        m = aggregate(eval_records(k))
+        m["length"]["responses_stage"] = {"model": f"M{k}", "lengths": [10, 20, 30 * k]}
+        atomic_write_json(it / "eval" / "metrics.json", {"iter": k, "heldout_source": "synthetic", **m})
+    return work
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    work = make_run(tmp_path_factory.mktemp("report") / "run")
+    assert main([f"work_dir={work}", "run=synthetic"]) == 0
+    return work / "report"
+
+
+def test_page_links_every_image_and_each_is_a_png(report):
+    page = (report / "index.html").read_text()
+    for name in IMAGES:
+        assert f"src='{name}'" in page
+        assert (report / name).read_bytes()[:8] == PNG_MAGIC
+    assert not list(report.glob(".*.tmp"))  # atomic writes left no temp files
+
+
+def test_table_sets_the_paper_beside_the_run(report):
+    page = (report / "index.html").read_text()
+    for model, values in PAPER_RM.items():
+        assert f"<th>paper {model}</th>" in page
+        assert f"<td>{values[0]}</td>" in page
+    assert "<th>run M2</th>" in page and "<th>run M3</th>" in page
+    # iteration 1's M2: 4 of 6 prompts fully right -> 4*3 of 6*3 pairs = 66.7 %
+    assert "<td>66.7</td>" in page
+    assert "Pairwise accuracy (%)" in page and "Kendall tau" in page and "Judge parse rate" in page
+
+
+def test_no_iterations_is_an_error(tmp_path, capsys):
+    assert main([f"work_dir={tmp_path}"]) == 1
+    assert "no iter<k>/ folders" in capsys.readouterr().err
+
+
+CHROMIUM = next((c for c in ("chromium", "chromium-browser", "google-chrome", "chrome") if shutil.which(c)), None)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium/chrome on PATH (not installed here on purpose)")
+def test_headless_screenshot(report, tmp_path):
+    shot = tmp_path / "page.png"
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                    "--window-size=1280,4000", (report / "index.html").as_uri()], check=True, timeout=120,
+                   capture_output=True)
+    data = shot.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 50_000  # a blank page is a few kB
