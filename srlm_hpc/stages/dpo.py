@@ -17,6 +17,7 @@ from ..models import load_model, load_tokenizer, model_path, resolve_device, sav
 from ..schema import PairRecord
 from .pairs import iter_pairs
 from ..training.dpo_loss import dpo_loss, response_logps
+from ..shards import shard_seed
 from ..training.loop import batch_plan, train
 from ..training.tokenize import collate, encode_prompt, encode_target, join
 
@@ -91,6 +92,7 @@ def run_shard(cfg: Config, shard: int) -> FileInfo:
 
     train(policy, plan_, d.micro_batch_size, micro_step, lr=d.lr, min_lr=d.min_lr, warmup=d.warmup_steps,
           weight_decay=0.0, grad_clip=d.grad_clip, stage_dir=cfg.stage_dir(STAGE),
+          seed=shard_seed(cfg.run.seed, cfg.run.iter, STAGE, shard),
           checkpoint_every=d.checkpoint_every or max(1, len(plan_) // 4), desc="dpo")
     out = save_model(policy, tok, cfg.stage_dir(STAGE) / "model")
     return file_info(weights_file(out), records=len(pairs))

@@ -16,6 +16,7 @@ from ..config import Config
 from ..data.oasst import load_seed
 from ..files import FileInfo, file_info
 from ..models import freeze_bottom, load_model, load_tokenizer, model_path, resolve_device, save_model, weights_file
+from ..shards import shard_seed
 from ..training.loop import batch_plan, train
 from ..training.tokenize import IGNORE, collate, encode_prompt, encode_target, join
 
@@ -74,6 +75,7 @@ def run_shard(cfg: Config, shard: int) -> FileInfo:
 
     train(model, plan_, s.micro_batch_size, micro_step, lr=s.lr, min_lr=s.min_lr, warmup=s.warmup_steps,
           weight_decay=s.weight_decay, grad_clip=s.grad_clip, stage_dir=stage_dir,
+          seed=shard_seed(cfg.run.seed, cfg.run.iter, STAGE, shard),
           checkpoint_every=s.checkpoint_every or max(1, len(plan_) // 4), desc="sft")
     out = save_model(model, tok, stage_dir / "model")
     return file_info(weights_file(out), records=len(examples))

@@ -71,7 +71,7 @@ def load_checkpoint(ckpt_dir: Path, model, optimizer) -> tuple[int, list[dict]]:
 
 def train(model, plan: list[list[int]], micro_batch_size: int, micro_step: Callable, *, lr: float,
           min_lr: float, warmup: int, weight_decay: float, grad_clip: float, stage_dir: Path,
-          checkpoint_every: int = 0, stop_after: int | None = None, desc: str = "train") -> list[dict]:
+          seed: int = 0, checkpoint_every: int = 0, stop_after: int | None = None, desc: str = "train") -> list[dict]:
     """Run the plan. `micro_step(indices, batch_indices) -> (loss_tensor, metrics)` returns the
     micro-batch's share of the batch loss, already divided by the batch's normaliser.
 
@@ -79,6 +79,10 @@ def train(model, plan: list[list[int]], micro_batch_size: int, micro_step: Calla
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                                   weight_decay=weight_decay, betas=(0.9, 0.95))
     ckpt_dir = stage_dir / "checkpoint"
+    # Dropout draws from torch's RNG: seed it, so two runs of the same stage agree; a resumed
+    # run then takes the RNG state back from the checkpoint.
+    torch.manual_seed(seed)
+    random.seed(seed)
     start, log = load_checkpoint(ckpt_dir, model, optimizer)
     log_path = stage_dir / "train_log.jsonl"
     model.train()
