@@ -33,12 +33,12 @@ def eft_pairs() -> list[tuple[str, str]]:
             for i, (q, _) in enumerate(IFT) for j, a in enumerate(answers[:3])]
 
 
-@pytest.fixture(scope="module")
-def iteration(tmp_path_factory, tiny_llama):
-    work = tmp_path_factory.mktemp("e2e")
+def e2e_args(work, tiny_llama) -> list[str]:
+    """The whole iteration on the tiny model: small enough for CI, every stage with real input."""
+    work.mkdir(parents=True, exist_ok=True)
     ift = write_jsonl_rows(work / "ift.jsonl", oasst_rows(IFT, "ift"))
     eft = write_jsonl_rows(work / "eft.jsonl", oasst_rows(eft_pairs(), "eft"))
-    args = [f"work_dir={work / 'run'}", f"model={tiny_llama}", "engine=hf", "executor=local", "seed=7",
+    return [f"work_dir={work / 'run'}", f"model={tiny_llama}", "engine=hf", "seed=7", "threads=1",
             f"sft.ift_path={ift}", f"sft.eft_path={eft}", "sft.lr=1e-2", "sft.min_lr=1e-3", "sft.epochs=16",
             "sft.warmup_steps=4",
             "sft.batch_size=8", "sft.micro_batch_size=8", "sft.max_len=640", "sft.dropout=0.0",
@@ -47,7 +47,12 @@ def iteration(tmp_path_factory, tiny_llama):
             "judge.k=3", "judge.max_tokens=8", "judge.shard_size=4", "judge.batch_size=12",
             "dpo.lr=1e-3", "dpo.batch_size=2", "dpo.micro_batch_size=2", "dpo.epochs=2", "dpo.dropout=0.0",
             "eval.max_rm_prompts=4", "eval.max_h2h_prompts=3", "eval.shard_size=4", "eval.compare_max_tokens=8"]
-    assert submit(["stage=all", "iter=1", *args]) == 0
+
+
+@pytest.fixture(scope="module")
+def iteration(tmp_path_factory, tiny_llama):
+    args = e2e_args(tmp_path_factory.mktemp("e2e"), tiny_llama)
+    assert submit(["stage=all", "iter=1", "executor=local", *args]) == 0
     return build_config({a.split("=", 1)[0]: a.split("=", 1)[1] for a in args}), args
 
 
@@ -126,7 +131,7 @@ def test_dpo_writes_a_model_that_loads_and_differs_from_its_start(iteration, tin
 def test_rerun_skips_every_finished_shard(iteration, capsys):
     cfg, args = iteration
     before = {p: p.stat().st_mtime_ns for p in cfg.work_dir.rglob("shard-*.jsonl")}
-    assert submit(["stage=all", "iter=1", *args]) == 0
+    assert submit(["stage=all", "iter=1", "executor=local", *args]) == 0
     assert {p: p.stat().st_mtime_ns for p in cfg.work_dir.rglob("shard-*.jsonl")} == before
     assert "0 to run" in capsys.readouterr().out
 
