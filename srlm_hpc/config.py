@@ -157,6 +157,17 @@ class EFTConfig:
 
 
 @dataclass(frozen=True)
+class VLLMConfig:
+    """Settings of the vLLM engine (engine=vllm, or auto where vllm imports)."""
+    tensor_parallel_size: int = 1  # GPUs per task; ask Slurm for as many (slurm.gpus_per_task)
+    pipeline_parallel_size: int = 1  # >1 spans nodes through vLLM's own Ray backend
+    gpu_memory_utilization: float = 0.9
+    kv_cache_gb: float = 0.0  # 0: vLLM sizes it on GPU; 2 GB on CPU
+    max_model_len: int = 0  # 0: the model's context length
+    enable_prefix_caching: bool = True  # judge prompts share the ~540-token rubric
+
+
+@dataclass(frozen=True)
 class SlurmConfig:
     """sbatch resources of every stage's array job (the same for all stages unless set per run)."""
     partition: str = ""
@@ -185,6 +196,7 @@ class Config:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     eft: EFTConfig = field(default_factory=EFTConfig)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     # ---- paths every stage agrees on -------------------------------------------------

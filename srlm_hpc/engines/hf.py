@@ -26,6 +26,14 @@ class HFEngine:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def prompt_token_ids(self, conversations: list[list[dict]]) -> list[list[int]]:
+        """The chat-templated prompt of each conversation, unpadded: what `generate` conditions on."""
+        if not conversations:
+            return []
+        enc = self.tokenizer.apply_chat_template(conversations, add_generation_prompt=True, tokenize=True,
+                                                 return_dict=True)
+        return [list(ids) for ids in enc["input_ids"]]
+
     @torch.no_grad()
     def generate(self, conversations: list[list[dict]], params: SamplingConfig) -> list[list[Completion]]:
         out: list[list[Completion]] = []

@@ -24,9 +24,9 @@ def engine_for(cfg: Config, path: Path, batch_size: int) -> Engine:
     """One engine per (engine, model) per process: a local run of many shards loads it once."""
     from ..models import resolve_device
 
-    key = (resolve_engine_name(cfg.run.engine), str(path), batch_size)
+    key = (resolve_engine_name(cfg.run.engine), str(path), batch_size, cfg.vllm)
     if key not in _ENGINES:
         for old in list(_ENGINES):
             _ENGINES.pop(old).close()
-        _ENGINES[key] = make_engine(key[0], str(path), resolve_device(cfg.run.device), batch_size)
+        _ENGINES[key] = make_engine(key[0], str(path), resolve_device(cfg.run.device), batch_size, cfg.vllm)
     return _ENGINES[key]
