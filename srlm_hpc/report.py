@@ -20,7 +20,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .config import Config, ConfigError, parse_args
+from .config import Config, config_from_cli
 from .files import atomic_write_bytes, read_json
 
 # SPEC.md, "Evaluation" (Yuan et al. 2024, Table 4 and Sec. 3): reward modeling on the 541
@@ -334,10 +334,8 @@ def write_report(cfg: Config) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg, _ = parse_args(sys.argv[1:] if argv is None else argv)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    cfg = config_from_cli(argv)
+    if cfg is None:
         return 2
     try:
         path = write_report(cfg)

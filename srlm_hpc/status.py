@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import ConfigError, absolute_paths, parse_args
+from .config import config_from_cli
 from .manifest import StageManifest
 from .stages import ORDER
 
@@ -81,12 +81,9 @@ def print_report(rows, out=sys.stdout) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg, _ = parse_args(sys.argv[1:] if argv is None else argv)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    cfg = config_from_cli(argv)
+    if cfg is None:
         return 2
-    cfg = absolute_paths(cfg)
     print(f"run {cfg.run.run!r}, manifests in {cfg.manifest_root}")
     print_report(report(cfg.manifest_root, cfg.slurm.stale_after_s))
     return 0

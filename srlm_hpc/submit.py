@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 
-from .config import Config, ConfigError, absolute_paths, parse_args, to_dict
+from .config import Config, config_from_cli, to_dict
 from .files import atomic_write_json
 from .runner import run_stage_local, setup_process
 from .stages import ALIASES, EXTRA, ORDER, stage_names
@@ -58,12 +58,9 @@ def wait_for_jobs(job_ids: list[str], poll_s: float = 5.0) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg, _ = parse_args(sys.argv[1:] if argv is None else argv)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    cfg = config_from_cli(argv)
+    if cfg is None:
         return 2
-    cfg = absolute_paths(cfg)
     try:
         stages = requested_stages(cfg)
     except ValueError as e:

@@ -17,7 +17,7 @@ import os
 import sys
 
 from .config import load_config
-from .runner import plan_stage, run_shard, setup_process, stage_manifest, unfinished_shards
+from .runner import plan_stage, run_shard, setup_process, unfinished_shards
 
 
 def current_log() -> str:

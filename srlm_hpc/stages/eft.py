@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Config, EFTConfig
@@ -97,15 +96,13 @@ def finalize(cfg: Config) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..config import ConfigError, absolute_paths, parse_args
+    from ..config import config_from_cli
     from ..data.oasst import print_counts
 
-    try:
-        cfg, _ = parse_args(sys.argv[1:] if argv is None else argv)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    cfg = config_from_cli(argv)
+    if cfg is None:
         return 2
-    stats = finalize(absolute_paths(cfg))
+    stats = finalize(cfg)
     print_counts("EFT (prompts, then examples)", {k: v for k, v in stats.items() if isinstance(v, int)})
     print(f"sft.eft_path={stats['sft_eft_path']}")
     return 0

@@ -20,7 +20,6 @@ from __future__ import annotations
 import re
 import shutil
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Config, EvalConfig
@@ -252,15 +251,13 @@ def summarise(cfg: Config) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..config import ConfigError, absolute_paths, parse_args
+    from ..config import config_from_cli
 
-    try:
-        cfg, _ = parse_args(sys.argv[1:] if argv is None else argv)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    cfg = config_from_cli(argv)
+    if cfg is None:
         return 2
     try:
-        m = summarise(absolute_paths(cfg))
+        m = summarise(cfg)
     except UpstreamNotReadyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

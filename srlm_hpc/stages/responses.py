@@ -9,7 +9,6 @@ is skipped here, so no prompt is answered twice.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 
 from ..config import Config
 from ..engines import SamplingConfig

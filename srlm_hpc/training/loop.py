@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from ..files import atomic_open, fsync_dir
+from ..files import atomic_open, replace_dir
 
 
 def batch_plan(n_examples: int, batch_size: int, epochs: int, seed: int) -> list[list[int]]:
@@ -47,13 +47,7 @@ def save_checkpoint(ckpt_dir: Path, model, optimizer, step: int, log: list[dict]
              "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "log": log}
     with atomic_open(tmp / "state.pt") as f:
         torch.save(state, f)
-    old = ckpt_dir.with_name(ckpt_dir.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if ckpt_dir.exists():
-        ckpt_dir.rename(old)
-    tmp.rename(ckpt_dir)
-    fsync_dir(ckpt_dir.parent)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, ckpt_dir)
 
 
 def load_checkpoint(ckpt_dir: Path, model, optimizer) -> tuple[int, list[dict]]:
