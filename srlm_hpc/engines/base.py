@@ -39,3 +39,21 @@ class Engine(Protocol):
 
     def close(self) -> None:
         ...
+
+
+class ChatTokenizing:
+    """What both engines do with the model's own tokenizer (`self.tokenizer`), written once so
+    the two build exactly the same prompt ids."""
+
+    tokenizer = None
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prompt_token_ids(self, conversations: list[list[dict]]) -> list[list[int]]:
+        """The chat-templated prompt of each conversation, unpadded: what `generate` conditions on."""
+        if not conversations:
+            return []
+        enc = self.tokenizer.apply_chat_template(conversations, add_generation_prompt=True, tokenize=True,
+                                                 return_dict=True)
+        return [list(ids) for ids in enc["input_ids"]]

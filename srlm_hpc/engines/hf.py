@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import torch
 
-from .base import Completion, SamplingConfig
+from .base import ChatTokenizing, Completion, SamplingConfig
 
 
-class HFEngine:
+class HFEngine(ChatTokenizing):
     name = "hf"
 
     def __init__(self, model_path: str, device: str = "cpu", batch_size: int = 8):
@@ -22,17 +22,6 @@ class HFEngine:
         self.model = load_model(model_path, device=device).eval()
         self.device = device
         self.batch_size = batch_size
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def prompt_token_ids(self, conversations: list[list[dict]]) -> list[list[int]]:
-        """The chat-templated prompt of each conversation, unpadded: what `generate` conditions on."""
-        if not conversations:
-            return []
-        enc = self.tokenizer.apply_chat_template(conversations, add_generation_prompt=True, tokenize=True,
-                                                 return_dict=True)
-        return [list(ids) for ids in enc["input_ids"]]
 
     @torch.no_grad()
     def generate(self, conversations: list[list[dict]], params: SamplingConfig) -> list[list[Completion]]:

@@ -27,7 +27,7 @@ import json
 import os
 from pathlib import Path
 
-from .base import Completion, SamplingConfig
+from .base import ChatTokenizing, Completion, SamplingConfig
 
 GiB = 1 << 30
 
@@ -55,7 +55,7 @@ def _seed_for(seed: int, index: int, n: int) -> int:
     return (seed * 1_000_003 + index * n) % (1 << 62)
 
 
-class VLLMEngine:
+class VLLMEngine(ChatTokenizing):
     name = "vllm"
 
     def __init__(self, model_path: str, device: str = "cpu", tensor_parallel_size: int = 1,
@@ -114,17 +114,6 @@ class VLLMEngine:
             generation_config="vllm",
             **cpu_only,
         )
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def prompt_token_ids(self, conversations: list[list[dict]]) -> list[list[int]]:
-        """The chat-templated prompt of each conversation, as the `hf` engine builds it."""
-        if not conversations:
-            return []
-        enc = self.tokenizer.apply_chat_template(conversations, add_generation_prompt=True, tokenize=True,
-                                                 return_dict=True)
-        return [list(ids) for ids in enc["input_ids"]]
 
     def generate(self, conversations: list[list[dict]], params: SamplingConfig) -> list[list[Completion]]:
         if not conversations:
