@@ -18,7 +18,7 @@ STAMP := $(VENV)/.srlm_hpc-setup
 endif
 DEMO_ARGS ?=
 
-.PHONY: setup demo test clean-demo
+.PHONY: setup demo test clean-demo browser
 
 setup: $(STAMP)
 
@@ -34,8 +34,16 @@ demo: setup
 	$(PY) -m srlm_hpc.submit preset=demo stage=all iter=1 $(DEMO_ARGS)
 	$(PY) -m srlm_hpc.report preset=demo $(DEMO_ARGS)
 
-test: setup
+test: setup browser
 	$(PY) -m pytest tests
+
+# Headless Chromium renders the report in tests/test_report.py (skipped without it). Best
+# effort: as root from Debian's packages; anyone else installs it by hand or skips.
+browser:
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } || \
+	    echo "chromium could not be installed: the report screenshot test will skip"; }
 
 clean-demo:
 	rm -rf runs/demo
