@@ -100,7 +100,7 @@ def test_partition_preemption_mid_stage(slurm, tmp_path, tiny_llama, reference):
     assert submit(["stage=prompts,responses", "executor=slurm", *args_for(work)]) == 0
     wait_until(lambda: running_responses(work), 180, "a running responses shard")
     # A job in the high partition that needs every CPU of the node preempts the low ones.
-    high = slurm.sbatch("--partition=high", "--cpus-per-task=8", "--wrap=sleep 4")
+    high = slurm.sbatch("--partition=high", "--cpus-per-task=8", "--output=/dev/null", "--wrap=sleep 4")
     slurm.wait_final(high, timeout=120)
     finish(work)
     attempts = [s.attempt for s in manifest(work, "responses").states(4)]

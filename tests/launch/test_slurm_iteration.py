@@ -43,7 +43,7 @@ def test_whole_iteration_queued_at_once_preempted_and_rerun(slurm, tmp_path, tin
     while StageManifest(root, 1, "sft").get(0).state != "running" and time.monotonic() < deadline:
         time.sleep(0.3)
     time.sleep(2)
-    high = slurm.sbatch("--partition=high", "--cpus-per-task=8", "--wrap=sleep 3")  # preempt SFT mid-training
+    high = slurm.sbatch("--partition=high", "--cpus-per-task=8", "--output=/dev/null", "--wrap=sleep 3")  # preempt SFT mid-training
     slurm.wait_final(high, timeout=120)
     for _ in range(3):  # the user's loop: rerun until it says everything is done
         assert submit(["stage=all", "iter=1", "executor=slurm", "wait=true", *args]) == 0
