@@ -5,22 +5,9 @@ from __future__ import annotations
 import json
 
 from .config import Config
-from .files import atomic_write_json, iter_jsonl, read_json
+from .files import atomic_write_json, read_json
 from .models import model_path
 from .shards import upstream_outputs
-from .stages.pairs import iter_pairs
-
-
-def judge_counts(cfg: Config) -> dict[str, int]:
-    samples = parsed = responses = scored = 0
-    for info in upstream_outputs(cfg, "judge"):
-        for rec in iter_jsonl(info.path):
-            for r in rec["responses"]:
-                responses += 1
-                scored += r["score"] is not None
-                samples += len(r["judge_scores"])
-                parsed += sum(s is not None for s in r["judge_scores"])
-    return {"judge_samples": samples, "judge_parsed": parsed, "n_responses": responses, "n_scored": scored}
 
 
 def dpo_losses(cfg: Config) -> list[float]:
@@ -30,16 +17,18 @@ def dpo_losses(cfg: Config) -> list[float]:
 
 def write_summary(cfg: Config) -> dict:
     k = cfg.run.iter
-    counts = judge_counts(cfg)
+    # The merger already counted responses, judge samples and pairs while streaming the
+    # judge shards: read its stats rather than stream every shard a second time.
+    stats = read_json(cfg.stage_dir("pairs") / "stats.json")
     losses = dpo_losses(cfg)
     summary = {
         "iter": k,
         "n_prompts": sum(i.records for i in upstream_outputs(cfg, "prompts")),
-        "n_responses": counts["n_responses"],
-        "n_scored_responses": counts["n_scored"],
-        "judge_parse_rate": counts["judge_parsed"] / counts["judge_samples"] if counts["judge_samples"] else 0.0,
-        "n_pairs": sum(1 for _ in iter_pairs(cfg)),
-        "pairs_stats": read_json(cfg.stage_dir("pairs") / "stats.json"),
+        "n_responses": stats["responses"],
+        "n_scored_responses": stats["scored_responses"],
+        "judge_parse_rate": stats["judge_parsed"] / stats["judge_samples"] if stats["judge_samples"] else 0.0,
+        "n_pairs": stats["pairs"],
+        "pairs_stats": stats,
         "dpo_steps": len(losses),
         "dpo_loss_first": losses[0] if losses else None,
         "dpo_loss_last": losses[-1] if losses else None,
