@@ -61,6 +61,16 @@ FINAL_STATES = frozenset(
 Cmd = Union[str, Sequence[str]]
 
 
+def array_task_ids(spec: str) -> list[int]:
+    """Task ids of an sbatch ``--array`` spec: ``0-3``, ``1,4,7``, ``0-9:3``, ``0-15%4``."""
+    ids: list[int] = []
+    for part in spec.split("%")[0].split(","):
+        rng, _, step = part.partition(":")
+        lo, _, hi = rng.partition("-")
+        ids += range(int(lo), int(hi or lo) + 1, int(step or 1))
+    return ids
+
+
 def _truthy(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
@@ -75,6 +85,7 @@ class SlurmCluster:
     high_partition: str = HIGH_PARTITION
     started_here: bool = False
     env: dict = field(default_factory=dict)
+    _array_tasks: dict = field(default_factory=dict, repr=False)  # job id -> task ids of --array
 
     @property
     def partitions(self) -> tuple:
@@ -117,7 +128,11 @@ class SlurmCluster:
         )
         if proc.returncode != 0:
             raise AssertionError(f"sbatch {args} failed: {proc.stderr}")
-        return proc.stdout.strip().split(";")[0]
+        job_id = proc.stdout.strip().split(";")[0]
+        array = [a.split("=", 1)[1] for a in args if a.startswith("--array=")]
+        if array:
+            self._array_tasks[job_id] = array_task_ids(array[-1])
+        return job_id
 
     # -- job states ---------------------------------------------------------
     def sacct(self, job_id: str, fields: str = "JobID,State,ExitCode", duplicates: bool = False) -> list:
@@ -145,12 +160,19 @@ class SlurmCluster:
         Returns {job id: state}.
         """
         deadline = time.monotonic() + timeout
+        # An array job is final only once sacct lists every task: right after the tasks end,
+        # slurmdbd may still hold a single not-yet-split record for the whole array.
+        expected = {f"{job_id}_{i}" for i in self._array_tasks.get(str(job_id), ())}
         states: dict = {}
         while time.monotonic() < deadline:
             rows = self.sacct(job_id, "JobID,State")
             states = {jid: st.split()[0] for jid, st in rows}
-            pending = self.run(["squeue", "-h", "-j", str(job_id), "-o", "%i"], check=False).stdout.strip()
-            if states and not pending and all(s in FINAL_STATES for s in states.values()):
+            # A failed squeue (slurmctld busy on a loaded machine) prints nothing: that must not
+            # read as "nothing queued".
+            queue = self.run(["squeue", "-h", "-j", str(job_id), "-o", "%i"], check=False)
+            queued = queue.returncode != 0 or queue.stdout.strip()
+            complete = set(states) == expected if expected else bool(states)
+            if complete and not queued and all(s in FINAL_STATES for s in states.values()):
                 return states
             time.sleep(0.5)
         raise AssertionError(f"job {job_id} not finished after {timeout}s: {states}\n{self.debug_info()}")
