@@ -125,6 +125,20 @@ class DPOConfig:
     logp_reduction: Literal["sum", "mean"] = "sum"  # paper and TRL: sum over response tokens
     autocast: Literal["none", "bf16"] = "none"
     checkpoint_every: int = 0  # optimizer steps between resumable checkpoints; 0: four per run
+    # Where the reference log-probs come from. "stored": the ref_logps stage's files (DPO never
+    # loads the reference); "inline": computed here, before training; "auto": stored when the
+    # ref_logps stage has been planned for this iteration, else inline.
+    reference_logps: Literal["auto", "stored", "inline"] = "auto"
+
+
+@dataclass(frozen=True)
+class RefLogpsConfig:
+    """Stage `ref_logps`: the frozen reference's log-probs of every pair, computed once per
+    iteration (sharded, with the log-prob kernel under no_grad) so DPO loads only the policy.
+    The reference model, max_len and reduction are dpo's (dpo.reference, dpo.max_len)."""
+    shard_size: int = 512  # pairs per shard (at most one pair per prompt: prompts.n_prompts in all)
+    micro_batch_size: int = 8  # pairs per forward (no graph is kept: larger than dpo's fits)
+    chunk_size: int = 64  # pairs per resumable chunk inside a shard
 
 
 @dataclass(frozen=True)
@@ -193,6 +207,7 @@ class Config:
     responses: ResponsesConfig = field(default_factory=ResponsesConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
+    ref_logps: RefLogpsConfig = field(default_factory=RefLogpsConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     eft: EFTConfig = field(default_factory=EFTConfig)
@@ -367,7 +382,8 @@ def _validate(cfg: Config) -> Config:
         problems.append(f"judge.k={cfg.judge.k}: expected at least 1")
     if not 0 <= cfg.eval.heldout_frac < 1:
         problems.append(f"eval.heldout_frac={cfg.eval.heldout_frac}: expected a number in [0, 1)")
-    for key in ("prompts.shard_size", "responses.shard_size", "judge.shard_size", "eval.shard_size", "eft.shard_size"):
+    for key in ("prompts.shard_size", "responses.shard_size", "judge.shard_size", "eval.shard_size", "eft.shard_size",
+                "ref_logps.shard_size", "ref_logps.micro_batch_size", "ref_logps.chunk_size"):
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
             problems.append(f"{key}: expected an integer >= 1")

