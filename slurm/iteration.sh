@@ -30,7 +30,10 @@ for stage in $stages; do
         echo "[$stage] every shard is done"
         continue
     fi
-    job="$(sbatch --parsable --array="$shards" ${dep:+--dependency=afterok:$dep} \
+    # Nodes, tasks and GPUs per array task from the config (tensor/pipeline parallel vLLM,
+    # DeepSpeed ranks): the same request submitit makes. Options after -- still win.
+    read -r -a layout <<<"$("$PYTHON" -m srlm_hpc.worker --resources "$config" "$stage")"
+    job="$(sbatch --parsable --array="$shards" ${dep:+--dependency=afterok:$dep} "${layout[@]}" \
         --export=ALL,SRLM_HOME="$SRLM_HOME",SRLM_PYTHON="$PYTHON" "${sbatch_opts[@]}" \
         "$here/$script.sbatch" "$config")"
     job="${job%%;*}"

@@ -55,6 +55,7 @@ class SFTConfig:
     autocast: Literal["none", "bf16"] = "none"
     checkpoint_every: int = 0  # optimizer steps between resumable checkpoints; 0: four per run
     freeze_layers: int = 0  # freeze embeddings + this many bottom blocks (0: full fine-tuning, the paper's)
+    backend: Literal["torch", "deepspeed"] = "torch"  # deepspeed: ZeRO (see the deepspeed section), srun ranks
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,7 @@ class DPOConfig:
     # loads the reference); "inline": computed here, before training; "auto": stored when the
     # ref_logps stage has been planned for this iteration, else inline.
     reference_logps: Literal["auto", "stored", "inline"] = "auto"
+    backend: Literal["torch", "deepspeed"] = "torch"  # deepspeed: ZeRO (see the deepspeed section), srun ranks
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,11 @@ class SlurmConfig:
     heartbeat_s: float = 60.0  # how often a running shard touches its manifest entry
     stale_after_s: float = 900.0  # a running shard whose heartbeat is older is stale
     log_dir: str = ""  # empty: <work_dir>/logs
+    # Training stages on the deepspeed backend (launch/resources.py): nodes, and ranks per node:
+    # one per GPU (train_gpus_per_node, 0: gpus_per_task), or train_tasks_per_node on CPU nodes.
+    train_nodes: int = 1
+    train_gpus_per_node: int = 0
+    train_tasks_per_node: int = 1
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ class ShardState:
     history: list[dict] = field(default_factory=list)  # one line per earlier attempt
 
 
-def _job_identity() -> dict:
+def job_identity() -> dict:
     """Who runs this shard: Slurm's ids when inside a job, the pid otherwise."""
     array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
     task = os.environ.get("SLURM_ARRAY_TASK_ID")
@@ -112,7 +112,7 @@ class StageManifest:
         now = time.time()
         st.state, st.attempt, st.started, st.heartbeat, st.log = "running", st.attempt + 1, now, now, log
         st.finished, st.error, st.traceback_tail, st.output = None, "", "", None
-        for k, v in _job_identity().items():
+        for k, v in job_identity().items():
             setattr(st, k, v)
         return self._put(st)
 

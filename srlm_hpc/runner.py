@@ -8,6 +8,7 @@ marks it done with its output's size and hash, or failed with the error.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 
@@ -60,15 +61,40 @@ def heartbeat(man: StageManifest, shard: int, interval: float):
         thread.join()
 
 
-def run_shard(cfg: Config, stage: str, shard: int, log: str = "") -> None:
+def task_rank(env: dict[str, str] | None = None) -> tuple[int, int]:
+    """(rank, number of tasks) of this process within its srun step; (0, 1) outside Slurm.
+    A stage task spans several processes for DeepSpeed ranks or vLLM's Ray nodes."""
+    env = os.environ if env is None else env
+    return int(env.get("SLURM_PROCID", 0)), int(env.get("SLURM_NTASKS", 1))
+
+
+def is_collective(cfg: Config, stage: str) -> bool:
+    """Every rank runs the stage's shard function (distributed training); otherwise rank 0
+    alone does, and the other tasks only lend it their node (Ray) or idle."""
+    from .launch.resources import TRAINING, training_backend
+
+    return stage in TRAINING and training_backend(cfg, stage) == "deepspeed"
+
+
+def spans_ray_nodes(cfg: Config, stage: str, world: int) -> bool:
+    from .launch.resources import GENERATION
+
+    return stage in GENERATION and cfg.vllm.pipeline_parallel_size > 1 and world > 1
+
+
+def run_shard(cfg: Config, stage: str, shard: int, log: str = "", rank: int = 0, world: int = 1) -> None:
+    """Run one shard. Rank 0 of a multi-task array element owns the manifest entry; the
+    other ranks join the work (see is_collective, spans_ray_nodes) and never write it."""
     man = stage_manifest(cfg, stage)
     if man.verified_output(man.get(shard)) is not None:
         print(f"[{stage}] shard {shard}: already done, skipped", flush=True)
         return
+    if rank > 0:
+        return follow_shard(cfg, stage, shard, man, rank, world)
     man.mark_running(shard, log=log)
     t0 = time.time()
     try:
-        with heartbeat(man, shard, cfg.slurm.heartbeat_s):
+        with heartbeat(man, shard, cfg.slurm.heartbeat_s), ray_head_if_needed(cfg, stage, world):
             info = get_stage(stage).run_shard(cfg, shard)
     except BaseException as e:
         man.mark_failed(shard, e)
@@ -77,6 +103,48 @@ def run_shard(cfg: Config, stage: str, shard: int, log: str = "") -> None:
     print(f"[{stage}] shard {shard}: done, {info.records} records, {info.bytes} bytes "
           f"in {time.time() - t0:.1f}s", flush=True)
     finish_stage_if_complete(cfg, stage)
+
+
+@contextlib.contextmanager
+def ray_head_if_needed(cfg: Config, stage: str, world: int):
+    if not spans_ray_nodes(cfg, stage, world):
+        yield
+        return
+    from .launch.ray_slurm import head_address, ray_head
+
+    with ray_head(head_address(), n_nodes=world):
+        yield
+
+
+def follow_shard(cfg: Config, stage: str, shard: int, man: StageManifest, rank: int, world: int) -> None:
+    if is_collective(cfg, stage):
+        get_stage(stage).run_shard(cfg, shard)  # a rank of the distributed training
+        return
+    if spans_ray_nodes(cfg, stage, world):
+        from .launch.ray_slurm import head_address, ray_worker
+
+        ray_worker(head_address(), shard_finished=rank0_finished(man, shard))
+        return
+    print(f"[{stage}] shard {shard}: task {rank} of {world} has nothing to do (only rank 0 runs this stage)",
+          flush=True)
+
+
+def rank0_finished(man: StageManifest, shard: int):
+    """For a follower: true once rank 0 of this job ran the shard and stopped (done, failed or
+    requeued), and not before rank 0 even started it (a failed earlier attempt is not the end)."""
+    from .manifest import job_identity
+
+    me = job_identity()["job_id"]
+    seen = False
+
+    def finished() -> bool:
+        nonlocal seen
+        st = man.get(shard)
+        mine = st.state == "running" and st.job_id == me
+        seen = seen or mine
+        return st.state == "done" or (seen and not mine)
+
+    return finished
 
 
 def finish_stage_if_complete(cfg: Config, stage: str) -> None:

@@ -5,6 +5,7 @@ plain sbatch script.
     python -m srlm_hpc.worker --pending CONFIG_JSON STAGE   # prints the unfinished shards, "0,3,7"
     python -m srlm_hpc.worker --write-config key=value ...  # saves the resolved config, prints its path
     python -m srlm_hpc.worker --stages CONFIG_JSON          # the stages of that iteration, in order
+    python -m srlm_hpc.worker --resources CONFIG_JSON STAGE # sbatch layout options: nodes, tasks, GPUs
 
 CONFIG_JSON is the resolved config that submit saved (<work_dir>/iter<k>/config.json):
 serialised once, and only its path travels.
@@ -17,7 +18,7 @@ import os
 import sys
 
 from .config import load_config
-from .runner import plan_stage, run_shard, setup_process, unfinished_shards
+from .runner import plan_stage, run_shard, setup_process, task_rank, unfinished_shards
 
 
 def current_log() -> str:
@@ -32,7 +33,8 @@ def current_log() -> str:
 def run(config_path: str, stage: str, shard: int) -> None:
     cfg = load_config(config_path)
     setup_process(cfg)
-    run_shard(cfg, stage, shard, log=current_log())
+    rank, world = task_rank()
+    run_shard(cfg, stage, shard, log=current_log(), rank=rank, world=world)
 
 
 class ShardTask:
@@ -70,6 +72,11 @@ def main(argv: list[str]) -> int:
         from .submit import save_config
 
         print(save_config(absolute_paths(parse_args(argv[1:])[0])))
+        return 0
+    if argv[:1] == ["--resources"] and len(argv) == 3:
+        from .launch.resources import stage_resources
+
+        print(" ".join(stage_resources(load_config(argv[1]), argv[2]).sbatch_options()))
         return 0
     if argv[:1] == ["--stages"] and len(argv) == 2:
         from .submit import requested_stages

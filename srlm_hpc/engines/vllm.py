@@ -109,6 +109,9 @@ class VLLMEngine(ChatTokenizing):
             max_model_len=max_model_len,
             kv_cache_memory_bytes=None if kv_cache_gb is None else int(kv_cache_gb * GiB),
             enforce_eager=device == "cpu",
+            # Pipeline stages on several nodes: the Ray cluster the Slurm task started
+            # (launch/ray_slurm.py) is in RAY_ADDRESS; on one node vLLM picks its own.
+            distributed_executor_backend="ray" if os.environ.get("RAY_ADDRESS") else None,
             # Sample exactly as asked: ignore sampling defaults in the model's
             # generation_config.json, and stop on the tokenizer's end token as `hf` does.
             generation_config="vllm",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..runner import plan_stage, unfinished_shards
+from .resources import stage_resources
 from ..worker import ShardTask
 
 
@@ -49,16 +50,14 @@ def make_executor(cfg: Config, stage: str, dependency: list[str]):
     if dependency:
         extra["dependency"] = "afterok:" + ":".join(dependency)
     params = dict(name=f"srlm-{cfg.run.run}-i{cfg.run.iter}-{stage}", timeout_min=s.time_min,
-                  cpus_per_task=s.cpus_per_task, slurm_array_parallelism=s.array_parallelism,
-                  slurm_additional_parameters=extra, stderr_to_stdout=True)
+                  slurm_array_parallelism=s.array_parallelism, slurm_additional_parameters=extra,
+                  stderr_to_stdout=True, **stage_resources(cfg, stage).submitit_parameters())
     if s.partition:
         params["slurm_partition"] = s.partition
     if s.account:
         params["slurm_account"] = s.account
     if s.qos:
         params["slurm_qos"] = s.qos
-    if s.gpus_per_task:
-        params["gpus_per_node"] = s.gpus_per_task
     if s.mem_gb:
         params["mem_gb"] = s.mem_gb
     executor.update_parameters(**params)
