@@ -3,11 +3,15 @@
 The batch order is a pure function of (seed, epoch), so a run resumed from a checkpoint at
 step s sees exactly the batches an uninterrupted run sees from step s on: no sample is
 skipped or repeated. A checkpoint holds model, optimizer, step and RNG state, written
-atomically into <stage_dir>/checkpoint.
+atomically into <stage_dir>/checkpoint. Dropout is seeded per (step, micro-batch), so its
+masks depend neither on what ran before nor on how many ranks share a batch.
+
+backend="deepspeed" runs the same loop data-parallel on DeepSpeed ZeRO (distributed.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -39,6 +43,12 @@ def cosine_lr(step: int, total: int, lr: float, min_lr: float, warmup: int) -> f
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def micro_seed(seed: int, step: int, micro: int) -> int:
+    """The torch seed of micro-batch `micro` of optimizer step `step` (63 bits of a hash)."""
+    digest = hashlib.sha256(f"{seed}-{step}-{micro}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
 def save_checkpoint(ckpt_dir: Path, model, optimizer, step: int, log: list[dict]) -> None:
     tmp = ckpt_dir.with_name(ckpt_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -65,14 +75,30 @@ def load_checkpoint(ckpt_dir: Path, model, optimizer) -> tuple[int, list[dict]]:
 
 def train(model, plan: list[list[int]], micro_batch_size: int, micro_step: Callable, *, lr: float,
           min_lr: float, warmup: int, weight_decay: float, grad_clip: float, stage_dir: Path,
-          seed: int = 0, checkpoint_every: int = 0, stop_after: int | None = None, desc: str = "train") -> list[dict]:
+          seed: int = 0, checkpoint_every: int = 0, stop_after: int | None = None, desc: str = "train",
+          backend: str = "torch", zero_stage: int = 2, offload_optimizer: bool = False,
+          offload_params: bool = False, bf16: bool = False) -> list[dict]:
     """Run the plan. `micro_step(indices, batch_indices) -> (loss_tensor, metrics)` returns the
     micro-batch's share of the batch loss, already divided by the batch's normaliser.
 
-    Returns the per-step log (also appended to <stage_dir>/train_log.jsonl)."""
+    Returns the per-step log (also appended to <stage_dir>/train_log.jsonl). The ZeRO options
+    apply to backend="deepspeed" only (distributed.train_deepspeed)."""
+    if backend == "deepspeed":
+        from .distributed import train_deepspeed
+
+        return train_deepspeed(model, plan, micro_batch_size, micro_step, lr=lr, min_lr=min_lr, warmup=warmup,
+                               weight_decay=weight_decay, grad_clip=grad_clip, stage_dir=stage_dir, seed=seed,
+                               checkpoint_every=checkpoint_every, stop_after=stop_after, desc=desc,
+                               zero_stage=zero_stage, offload_optimizer=offload_optimizer,
+                               offload_params=offload_params, bf16=bf16)
+    if backend != "torch":
+        raise ValueError(f"backend={backend!r}: valid backends are 'torch' and 'deepspeed'")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                                   weight_decay=weight_decay, betas=(0.9, 0.95))
     ckpt_dir = stage_dir / "checkpoint"
+    if any(ckpt_dir.glob("step-*")):
+        raise RuntimeError(f"{ckpt_dir} holds a checkpoint of the deepspeed backend; resume with "
+                           f"backend=deepspeed, or delete {ckpt_dir} to restart this stage on torch")
     # Dropout draws from torch's RNG: seed it, so two runs of the same stage agree; a resumed
     # run then takes the RNG state back from the checkpoint.
     torch.manual_seed(seed)
@@ -88,7 +114,8 @@ def train(model, plan: list[list[int]], micro_batch_size: int, micro_step: Calla
             group["lr"] = cosine_lr(step, total, lr, min_lr, warmup)
         batch = plan[step]
         metrics: dict[str, float] = {}
-        for i in range(0, len(batch), micro_batch_size):
+        for j, i in enumerate(range(0, len(batch), micro_batch_size)):
+            torch.manual_seed(micro_seed(seed, step, j))
             loss, m = micro_step(batch[i:i + micro_batch_size], batch)
             loss.backward()
             for k, v in m.items():
@@ -105,14 +132,14 @@ def train(model, plan: list[list[int]], micro_batch_size: int, micro_step: Calla
         done = step + 1
         if checkpoint_every and (done % checkpoint_every == 0 or done == total):
             save_checkpoint(ckpt_dir, model, optimizer, done, log)
-            _write_log(log_path, log)
+            write_log(log_path, log)
         if stop_after is not None and done >= stop_after:
             break
-    _write_log(log_path, log)
+    write_log(log_path, log)
     model.eval()
     return log
 
 
-def _write_log(path: Path, log: list[dict]) -> None:
+def write_log(path: Path, log: list[dict]) -> None:
     with atomic_open(path, "w") as f:
         f.writelines(json.dumps(e) + "\n" for e in log)
