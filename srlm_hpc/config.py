@@ -144,6 +144,16 @@ class RefLogpsConfig:
 
 
 @dataclass(frozen=True)
+class DeepSpeedConfig:
+    """ZeRO for the training stages whose backend is deepspeed (sft.backend, dpo.backend):
+    one rank per GPU (or slurm.train_tasks_per_node on CPU), launched by srun."""
+    zero_stage: int = 2  # 2: optimizer state and gradients sharded; 3: parameters too (a 70B policy)
+    offload_optimizer: bool = False  # optimizer state and the AdamW step in CPU memory
+    offload_params: bool = False  # zero_stage=3 only: parameters in CPU memory
+    bf16: bool = False  # bf16 weights with an fp32 master copy (sft/dpo.autocast=bf16 is separate)
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     # "" = the shipped seed's IFT trees with 2+ ranked replies and its IFT prompts: a smoke-scale
     # stand-in for the paper's 541 held-out examples and 256 test prompts. Otherwise an oasst1
@@ -218,6 +228,7 @@ class Config:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     eft: EFTConfig = field(default_factory=EFTConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
@@ -383,6 +394,10 @@ def _validate(cfg: Config) -> Config:
         if sec.batch_size % sec.micro_batch_size:
             problems.append(f"{section}.batch_size={sec.batch_size}: expected a multiple of "
                             f"{section}.micro_batch_size={sec.micro_batch_size}")
+    if cfg.deepspeed.zero_stage not in (2, 3):
+        problems.append(f"deepspeed.zero_stage={cfg.deepspeed.zero_stage}: expected 2 or 3")
+    if cfg.deepspeed.offload_params and cfg.deepspeed.zero_stage != 3:
+        problems.append("deepspeed.offload_params=true: expected deepspeed.zero_stage=3 (only ZeRO-3 shards parameters)")
     if cfg.responses.n < 2:
         problems.append(f"responses.n={cfg.responses.n}: expected at least 2 (a pair needs two responses)")
     if cfg.judge.k < 1:

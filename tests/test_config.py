@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from srlm_hpc.config import Config, ConfigError, absolute_paths, from_dict, load_preset, parse_args, to_dict
+from srlm_hpc.config import Config, ConfigError, absolute_paths, build_config, from_dict, load_preset, parse_args, to_dict
 
 
 def test_overrides_reach_their_section_and_type():
@@ -57,3 +57,15 @@ def test_round_trip_and_absolute_paths(tmp_path, monkeypatch):
     assert cfg.manifest_root == tmp_path / "runs/x/manifests/default"
     assert from_dict(json.loads(json.dumps(to_dict(cfg)))) == cfg
     assert Config().dpo.beta == 0.1 and Config().responses.n == 4 and Config().judge.k == 3  # the paper's
+
+
+def test_deepspeed_settings_are_checked_together():
+    with pytest.raises(ConfigError) as e:
+        build_config({"deepspeed.zero_stage": "1", "sft.backend": "deepspeed"})
+    assert "deepspeed.zero_stage=1: expected 2 or 3" in str(e.value)
+    with pytest.raises(ConfigError, match="offload_params=true: expected deepspeed.zero_stage=3"):
+        build_config({"deepspeed.offload_params": "true"})
+    with pytest.raises(ConfigError, match=r"dpo.backend='megatron': expected one of 'torch', 'deepspeed'"):
+        build_config({"dpo.backend": "megatron"})
+    cfg = build_config({"deepspeed.zero_stage": "3", "deepspeed.offload_params": "true", "dpo.backend": "deepspeed"})
+    assert (cfg.deepspeed.zero_stage, cfg.deepspeed.offload_params, cfg.dpo.backend) == (3, True, "deepspeed")

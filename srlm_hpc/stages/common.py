@@ -30,3 +30,20 @@ def engine_for(cfg: Config, path: Path, batch_size: int) -> Engine:
             _ENGINES.pop(old).close()
         _ENGINES[key] = make_engine(key[0], str(path), resolve_device(cfg.run.device), batch_size, cfg.vllm)
     return _ENGINES[key]
+
+
+def start_training(cfg: Config, section) -> int:
+    """This process's rank in the training stage: 0 on the torch backend. On deepspeed the
+    process group is set up first, before any model is loaded, so each rank takes its GPU."""
+    if section.backend != "deepspeed":
+        return 0
+    from ..training.distributed import init_distributed
+
+    return init_distributed().rank
+
+
+def train_backend_options(cfg: Config, section) -> dict:
+    """The `train(...)` keywords that choose and configure the backend."""
+    ds = cfg.deepspeed
+    return {"backend": section.backend, "zero_stage": ds.zero_stage, "offload_optimizer": ds.offload_optimizer,
+            "offload_params": ds.offload_params, "bf16": ds.bf16}

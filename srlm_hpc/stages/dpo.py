@@ -21,6 +21,7 @@ from ..training.dpo_loss import dpo_loss, response_logps
 from ..shards import shard_seed
 from ..training.loop import batch_plan, train
 from ..training.tokenize import collate, encode_prompt, encode_target, join
+from .common import start_training, train_backend_options
 
 STAGE, UPSTREAM = "dpo", "pairs"
 
@@ -76,8 +77,9 @@ def reference_logps_for(cfg: Config, pairs: list[PairRecord], encoded, pad_id: i
     return reference_logps(cfg, encoded, pad_id, device)
 
 
-def run_shard(cfg: Config, shard: int) -> FileInfo:
+def run_shard(cfg: Config, shard: int) -> FileInfo | None:
     d = cfg.dpo
+    rank = start_training(cfg, d)
     device = resolve_device(cfg.run.device)
     policy_path = model_path(cfg, cfg.run.iter)
     tok = load_tokenizer(policy_path)
@@ -108,6 +110,9 @@ def run_shard(cfg: Config, shard: int) -> FileInfo:
     train(policy, plan_, d.micro_batch_size, micro_step, lr=d.lr, min_lr=d.min_lr, warmup=d.warmup_steps,
           weight_decay=0.0, grad_clip=d.grad_clip, stage_dir=cfg.stage_dir(STAGE),
           seed=shard_seed(cfg.run.seed, cfg.run.iter, STAGE, shard),
-          checkpoint_every=d.checkpoint_every or max(1, len(plan_) // 4), desc="dpo")
+          checkpoint_every=d.checkpoint_every or max(1, len(plan_) // 4), desc="dpo",
+          **train_backend_options(cfg, d))
+    if rank != 0:
+        return None  # rank 0 holds the full weights, saves them and owns the manifest entry
     out = save_model(policy, tok, cfg.stage_dir(STAGE) / "model")
     return file_info(weights_file(out), records=len(pairs))

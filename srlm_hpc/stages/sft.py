@@ -19,6 +19,7 @@ from ..models import freeze_bottom, load_model, load_tokenizer, model_path, reso
 from ..shards import shard_seed
 from ..training.loop import batch_plan, train
 from ..training.tokenize import IGNORE, collate, encode_prompt, encode_target, join
+from .common import start_training, train_backend_options
 
 STAGE = "sft"
 
@@ -53,8 +54,9 @@ def target_token_loss(model, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
     return F.cross_entropy(logits.float(), labels[keep], reduction="sum"), int(keep.sum())
 
 
-def run_shard(cfg: Config, shard: int) -> FileInfo:
+def run_shard(cfg: Config, shard: int) -> FileInfo | None:
     s = cfg.sft
+    rank = start_training(cfg, s)
     device = resolve_device(cfg.run.device)
     base = model_path(cfg, 0)
     tok = load_tokenizer(base)
@@ -76,6 +78,9 @@ def run_shard(cfg: Config, shard: int) -> FileInfo:
     train(model, plan_, s.micro_batch_size, micro_step, lr=s.lr, min_lr=s.min_lr, warmup=s.warmup_steps,
           weight_decay=s.weight_decay, grad_clip=s.grad_clip, stage_dir=stage_dir,
           seed=shard_seed(cfg.run.seed, cfg.run.iter, STAGE, shard),
-          checkpoint_every=s.checkpoint_every or max(1, len(plan_) // 4), desc="sft")
+          checkpoint_every=s.checkpoint_every or max(1, len(plan_) // 4), desc="sft",
+          **train_backend_options(cfg, s))
+    if rank != 0:
+        return None  # rank 0 holds the full weights, saves them and owns the manifest entry
     out = save_model(model, tok, stage_dir / "model")
     return file_info(weights_file(out), records=len(examples))
