@@ -77,3 +77,26 @@ def test_one_step_raises_the_chosen_ratio_over_the_rejected():
     assert chosen_ratio > 0 > rejected_ratio
     new_loss, _, _ = dpo_loss(after[:1], after[1:], r[:1], r[1:], beta=0.1)
     assert new_loss.item() < loss.item()
+
+
+def test_response_positions_only_head_has_the_gradient_of_full_logits():
+    """Scoring only response positions must not change the gradient: compare every parameter's
+    gradient with plain log_softmax over the full [B, T, V] logits."""
+    model = tiny_model()
+    seqs = [([1, 5, 9, 3, 7, 2], 3), ([1, 5, 9, 11, 2], 2), ([4, 4, 6, 8, 10, 12, 14], 6)]
+    batch = collate(seqs, pad_id=0)
+    weights = torch.tensor([0.7, -1.3, 2.0], dtype=torch.float64)
+
+    model.zero_grad()
+    (response_logps(model, batch).double() * weights).sum().backward()
+    ours = {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    model.zero_grad()
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    mask = labels != IGNORE
+    lp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+    ((lp * mask).sum(-1) * weights).sum().backward()
+    for name, p in model.named_parameters():
+        # the kernel accumulates in fp32, the reference in fp64
+        torch.testing.assert_close(ours[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
