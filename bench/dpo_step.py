@@ -27,11 +27,11 @@ Variants, each in its own fresh subprocess (clean peak RSS):
              gradient checkpointing, AdamW(betas 0.9/0.95, wd 0), clip 1.0, cosine LR
   trl-pre    the same with precompute_ref_log_probs=True (the counterpart of ours-pre)
   trl-gc     trl with TRL's default gradient_checkpointing=True (less memory, more compute)
-Prototypes of changes proposed for srlm_hpc (bench-only; not run unless named in --variants):
-  ours-compact  ours-pre, but the LM head and the log-prob kernel see only the response
-                positions (labels != -100), ~50% of the padded positions here, not all of them
-  ours-opt      ours-compact, and every sequence its own unpadded forward (no pad tokens;
+A prototype of a change proposed for srlm_hpc (bench-only; not run unless named in --variants):
+  ours-opt      ours-pre, and every sequence its own unpadded forward (no pad tokens;
                 chosen and rejected of a pair differ by ~100 tokens on average)
+(The LM head on response positions only, once the "ours-compact" prototype here, is what
+training.dpo_loss.response_logps does since commit e63ada3.)
 Shared settings: beta 0.1, lr 1e-6, sigmoid loss, summed log-probs, attention dropout 0.1
 (our stage's default; TRL's disable_dropout only touches nn.Dropout modules, which Llama
 has none of, so both sides run the same dropout), torch.set_num_threads(--threads).
@@ -49,8 +49,9 @@ process's CPU time per step. Other jobs share this 2-core machine: each run wait
 "others%" is the largest share of the CPUs other processes used during a variant's runs
 (rerun when it is not near 0).
 --breakdown times the phases of one micro-batch in one process (backbone forward/backward,
-LM head + log-probs forward/backward, reference forward, AdamW step) for our head, the
-compact prototype and TRL's fused head, and our head without attention dropout.
+LM head + log-probs forward/backward, reference forward, AdamW step) for the full-logits head
+("ours": response_logps before e63ada3), the response-positions head ("ours-compact": since),
+TRL's fused head, and the full-logits head without attention dropout.
 Results go to bench/results/dpo_step-cpu.json (or --out).
 
 Measured (2 EPYC cores, fp32, torch 2.13, transformers 5.19, trl 1.16; the JSON has it all):
@@ -65,10 +66,8 @@ the same backbone on both sides, bounds the like-for-like ratio near 1.3x.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import random
 import resource
 import statistics
@@ -78,10 +77,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, cpu_model, git_rev, reset_rss_peak, run_stamp, status_kib  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 MODEL_DIR = ROOT / "bench" / "_data" / "M0"
-VARIANTS = ["ours-ref", "ours-pre", "trl", "trl-pre", "trl-gc", "ours-compact", "ours-opt"]
+VARIANTS = ["ours-ref", "ours-pre", "trl", "trl-pre", "trl-gc", "ours-opt"]
 DEFAULT_VARIANTS = ["ours-ref", "ours-pre", "trl", "trl-pre"]
 
 
@@ -121,20 +121,6 @@ def batch_tokens(encoded, idx: list[int], mb: int) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------- memory
-def _status_kib(key: str) -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1])
-    raise KeyError(key)
-
-
-def reset_peak() -> int:
-    """VmRSS now (bytes); VmHWM := VmRSS, so later peaks count from here."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return _status_kib("VmRSS") * 1024
-
-
 # ----------------------------------------------------------------------------- workers
 def setup(args):
     import torch
@@ -189,7 +175,7 @@ def finish(args, encoded, marks: list[tuple[float, float]], baseline: int, extra
            "median_step_s": statistics.median(timed), "median_step_cpu_s": statistics.median(step_cpu[args.warmup:]),
            "tokens": real, "padded_tokens": padded, "tokens_per_s": real / sum(timed),
            "steps_per_s": len(timed) / sum(timed), "threads": torch.get_num_threads(),
-           "baseline_rss": baseline, "extra_peak": _status_kib("VmHWM") * 1024 - baseline,
+           "baseline_rss": baseline, "extra_peak": status_kib("VmHWM") * 1024 - baseline,
            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, **extra}
     if "ref_seconds" in out:  # one pass over all pairs; the timed steps' share of it
         share = out["ref_seconds"] * args.steps / (args.warmup + args.steps)
@@ -197,34 +183,15 @@ def finish(args, encoded, marks: list[tuple[float, float]], baseline: int, extra
     return out
 
 
-def compact_response_logps(model, batch: dict, reduction: str = "sum"):
-    """Prototype of training.dpo_loss.response_logps that runs the LM head only on the M
-    response positions: [M, V] logits instead of [B, T, V], the kernel on [M, 1, V] (one
-    "sequence" per token), then a per-sequence index_add."""
-    import torch
-
-    from srlm_hpc.kernels import sequence_logprobs
-    from srlm_hpc.training.tokenize import IGNORE
-
-    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    labels = batch["labels"][:, 1:]
-    active = labels != IGNORE
-    logits = model.get_output_embeddings()(hidden[:, :-1][active])
-    tok_lp = sequence_logprobs(logits.unsqueeze(1), labels[active].unsqueeze(1), IGNORE,
-                               inplace_backward=torch.is_grad_enabled())
-    seq = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(labels)[active]
-    out = tok_lp.new_zeros(labels.shape[0]).index_add(0, seq, tok_lp)
-    return out / active.sum(-1).clamp(min=1) if reduction == "mean" else out
-
-
 def unpadded_logps(model, encoded, idx: list[int], pad: int, reduction: str = "sum"):
     """Prototype: chosen then rejected, as pair_batch orders them, each sequence its own forward."""
     import torch
 
+    from srlm_hpc.training.dpo_loss import response_logps
     from srlm_hpc.training.tokenize import collate
 
     seqs = [encoded[i][0] for i in idx] + [encoded[i][1] for i in idx]
-    return torch.cat([compact_response_logps(model, collate([s], pad), reduction) for s in seqs])
+    return torch.cat([response_logps(model, collate([s], pad), reduction) for s in seqs])
 
 
 def run_ours(args, per_step_ref: bool, proto: str = "") -> dict:
@@ -238,11 +205,10 @@ def run_ours(args, per_step_ref: bool, proto: str = "") -> dict:
     def logps(model, idx):
         if proto == "opt":
             return unpadded_logps(model, encoded, idx, pad, red)
-        fn = compact_response_logps if proto == "compact" else response_logps
-        return fn(model, pair_batch(encoded, idx, pad, device), red)
+        return response_logps(model, pair_batch(encoded, idx, pad, device), red)
 
     tok, pairs, encoded, policy = setup(args)
-    baseline = reset_peak()
+    baseline = reset_rss_peak()
     extra = {}
     pad, device, red = tok.pad_token_id, "cpu", "sum"
     mb = args.micro_batch
@@ -301,7 +267,7 @@ def run_trl(args, precompute: bool, grad_ckpt: bool) -> dict:
                                        tokenize=False) for p in pairs]
     ds = Dataset.from_dict({"prompt": prompts, "chosen": [p.chosen for p in pairs],
                             "rejected": [p.rejected for p in pairs]})
-    baseline = reset_peak()
+    baseline = reset_rss_peak()
     extra = {}
     timer = {"ref": 0.0}
     orig = DPOTrainer._precompute_ref_logps
@@ -355,7 +321,7 @@ def run_trl(args, precompute: bool, grad_ckpt: bool) -> dict:
 def worker(args) -> dict:
     v = args.worker
     if v.startswith("ours"):
-        return run_ours(args, per_step_ref=v == "ours-ref", proto={"ours-compact": "compact", "ours-opt": "opt"}.get(v, ""))
+        return run_ours(args, per_step_ref=v == "ours-ref", proto="opt" if v == "ours-opt" else "")
     return run_trl(args, precompute=v == "trl-pre", grad_ckpt=v == "trl-gc")
 
 
@@ -377,7 +343,7 @@ def profile(args) -> None:
 
 # ----------------------------------------------------------------------------- breakdown
 def head_ours(model, hidden, labels):
-    """training.dpo_loss.response_logps after the backbone: full [B, T, V] logits, kernel."""
+    """The head response_logps had before commit e63ada3: full [B, T, V] logits, kernel."""
     import torch
 
     from srlm_hpc.kernels import sequence_logprobs
@@ -387,7 +353,7 @@ def head_ours(model, hidden, labels):
 
 
 def head_compact(model, hidden, labels):
-    """compact_response_logps after the backbone: response rows only."""
+    """The head of training.dpo_loss.response_logps since e63ada3: response rows only."""
     import torch
 
     from srlm_hpc.kernels import sequence_logprobs
@@ -419,7 +385,8 @@ def head_trl(model, hidden, labels, outputs=("log_probs", "entropy", "mean_logit
 def breakdown(args) -> dict:
     """Seconds per phase for the first micro-batch (median of --repeats passes): backbone forward/backward, LM head + log-probs forward/backward (the backward split
     by a hook on the hidden states), a no-grad reference forward, and the AdamW step; for our
-    head, the compact prototype and TRL's fused head, with attention dropout on and off."""
+    full-logits head (before e63ada3), the response-positions head (since) and TRL's fused head,
+    with attention dropout on and off."""
     import torch
 
     from srlm_hpc.models import load_model, load_tokenizer
@@ -544,12 +511,7 @@ def in_subprocess(args, variant: str) -> dict:
 
 
 def device_name(threads: int) -> str:
-    model = platform.processor() or platform.machine()
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return f"{model}, {os.cpu_count()} cores, torch threads {threads}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, torch threads {threads}"
 
 
 def versions() -> dict:
@@ -558,11 +520,8 @@ def versions() -> dict:
     import trl
 
     out = {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__}
-    try:
-        out["git"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                    text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
+    if rev := git_rev():
+        out["git"] = rev
     return out
 
 
@@ -597,7 +556,7 @@ def main() -> None:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides instead of fp32")
     p.add_argument("--profile", choices=VARIANTS, help="profile the first timed step of a variant instead")
     p.add_argument("--breakdown", action="store_true", help="also time the phases of a step (backbone, LM head, "
-                   "log-probs, reference, optimizer) for our head, the compact prototype and TRL's fused head")
+                   "log-probs, reference, optimizer) for our full-logits and response-positions heads and TRL's")
     p.add_argument("--quiet-wait", type=float, default=120, help="max s to wait for an idle machine before a run")
     p.add_argument("--out", help="results JSON (default bench/results/dpo_step-cpu[-bf16].json)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -641,7 +600,7 @@ def main() -> None:
 
     ratios = {}
     for ours, theirs in (("ours-ref", "trl"), ("ours-pre", "trl-pre"), ("ours-pre", "trl"), ("ours-ref", "trl-gc"),
-                         ("ours-compact", "trl-pre"), ("ours-opt", "trl-pre"), ("ours-opt", "trl")):
+                         ("ours-opt", "trl-pre"), ("ours-opt", "trl")):
         if ours in results and theirs in results:
             a, b = results[ours]["summary"], results[theirs]["summary"]
             ratios[f"{ours}/{theirs}"] = {"throughput": a["tokens_per_s"] / b["tokens_per_s"],
@@ -678,9 +637,7 @@ def main() -> None:
     out = Path(args.out or ROOT / "bench" / "results" / f"dpo_step-cpu{'-bf16' if args.bf16 else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": device_name(args.threads), **versions(),
+        **run_stamp(), "device": device_name(args.threads), **versions(),
         "config": {k: getattr(args, k) for k in ("batch", "micro_batch", "max_len", "steps", "warmup", "repeats",
                                                  "threads", "dropout", "lr", "beta", "seed", "bf16")},
         "load_average_start_end": [load_start[0], load[0]],

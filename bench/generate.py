@@ -22,16 +22,13 @@ Writes bench/results/generate-cpu.json (or --out).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from _common import ROOT, cpu_model, git_rev, run_stamp
 
 
 def seed_prompts(k: int) -> list[str]:
@@ -43,11 +40,7 @@ def seed_prompts(k: int) -> list[str]:
 
 
 def machine() -> dict:
-    cpu = ""
-    if Path("/proc/cpuinfo").exists():
-        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name")), "")
-    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
+    return {"platform": platform.platform(), "cpu": cpu_model(fallback=""), "cores": os.cpu_count(),
             "affinity": len(os.sched_getaffinity(0)), "python": platform.python_version()}
 
 
@@ -62,11 +55,8 @@ def versions() -> dict:
         out["vllm"] = vllm.__version__
     except ImportError:
         pass
-    try:
-        out["git"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                    text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
+    if rev := git_rev():
+        out["git"] = rev
     return out
 
 
@@ -224,8 +214,7 @@ def main() -> None:
     for n in notes:
         print("NOTE:", n)
 
-    result = {"command": " ".join([Path(sys.executable).name] + sys.argv),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    result = {**run_stamp(),
               "machine": {**machine(), "loadavg_before": [round(x, 2) for x in load_before],
                           "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
               "versions": versions(),

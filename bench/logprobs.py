@@ -26,10 +26,8 @@ Results go to bench/results/logprobs-<device>.json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,7 +37,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, cpu_model, reset_rss_peak, run_stamp, status_kib  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 IGNORE = -100
 CONFIGS = {
@@ -158,13 +157,6 @@ def bytes_moved(cfg: dict, scenario: str) -> float:
     return {"fwd": read_active, "fwd+bwd": fwd_bwd, "dpo": fwd_bwd + read_active}[scenario]
 
 
-def _status_kib(key: str) -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1])
-    raise KeyError(key)
-
-
 def measure_memory(cfg: dict, device: str, name: str) -> dict:
     """Extra peak bytes per scenario for one method (run in a fresh process on CPU)."""
     methods = make_methods(device)
@@ -181,11 +173,9 @@ def measure_memory(cfg: dict, device: str, name: str) -> dict:
             case.run(fn, scenario, inplace)
             out[scenario] = torch.cuda.max_memory_allocated() - before
         else:
-            before = _status_kib("VmRSS")
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # VmHWM := VmRSS
+            before = reset_rss_peak()
             case.run(fn, scenario, inplace)
-            out[scenario] = (_status_kib("VmHWM") - before) * 1024
+            out[scenario] = status_kib("VmHWM") * 1024 - before
         case.leaf.grad = None
     return out
 
@@ -202,15 +192,7 @@ def memory_in_subprocess(cfg, device, name) -> dict:
 def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
-    model = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {torch.get_num_threads()} threads"
+    return f"{cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def main() -> None:
@@ -277,9 +259,7 @@ def main() -> None:
     out = Path(args.out or ROOT / "bench" / "results" / f"logprobs-{args.device}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": device_name(args.device), "torch": torch.__version__,
+        **run_stamp(), "device": device_name(args.device), "torch": torch.__version__,
         "config": cfg, "repeats": repeats, "load_average_start_end": [load_start[0], load[0]], "copy_bandwidth_Bps": bw,
         "memory_method": ("torch.cuda.max_memory_allocated delta" if args.device == "cuda" else
                           "fresh subprocess per method; VmHWM - VmRSS after resetting the peak via "

@@ -42,6 +42,7 @@ from srlm_hpc.files import FileInfo
 from srlm_hpc.manifest import StageManifest
 from srlm_hpc.shards import shard_output
 from srlm_hpc.stages import pairs
+from _common import cpu_model
 
 RESULTS = Path(__file__).parent / "results" / "merge.json"
 # Judges justify with the rubric's own words (SPEC.md, Fig. 2), which zstd finds again and again.
@@ -217,7 +218,7 @@ def main() -> None:
     result = {
         "command": "python " + " ".join([os.path.relpath(__file__)] + sys.argv[1:]),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": {"host": platform.node(), "cpus": env_threads(), "cpu": _cpu_name(), "python": platform.python_version(),
+        "machine": {"host": platform.node(), "cpus": env_threads(), "cpu": cpu_model(fallback=platform.processor()), "python": platform.python_version(),
                     "zstd_cli": subprocess.run(["zstd", "--version"], capture_output=True, text=True).stdout.strip(),
                     "load_avg_1m_at_end": os.getloadavg()[0]},
         "input": {"prompts": a.prompts, "responses": 4 * a.prompts, "shards": len(shards), "bytes": in_bytes},
@@ -235,13 +236,6 @@ def main() -> None:
         RESULTS.write_text(json.dumps(result, indent=2) + "\n")
         print(f"\nwrote {RESULTS}")
     shutil.rmtree(root, ignore_errors=True)
-
-
-def _cpu_name() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 if __name__ == "__main__":
