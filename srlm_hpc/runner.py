@@ -8,7 +8,6 @@ marks it done with its output's size and hash, or failed with the error.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 
@@ -59,13 +58,6 @@ def heartbeat(man: StageManifest, shard: int, interval: float):
     finally:
         stop.set()
         thread.join()
-
-
-def task_rank(env: dict[str, str] | None = None) -> tuple[int, int]:
-    """(rank, number of tasks) of this process within its srun step; (0, 1) outside Slurm.
-    A stage task spans several processes for DeepSpeed ranks or vLLM's Ray nodes."""
-    env = os.environ if env is None else env
-    return int(env.get("SLURM_PROCID", 0)), int(env.get("SLURM_NTASKS", 1))
 
 
 def is_collective(cfg: Config, stage: str) -> bool:

@@ -18,7 +18,8 @@ import os
 import sys
 
 from .config import load_config
-from .runner import plan_stage, run_shard, setup_process, task_rank, unfinished_shards
+from .runner import plan_stage, run_shard, setup_process, unfinished_shards
+from .slurm_env import task_rank
 
 
 def current_log() -> str:

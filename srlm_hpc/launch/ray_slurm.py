@@ -6,7 +6,8 @@ srun starts the worker on each. Task 0 starts the Ray head on its node, waits un
 nodes have joined, and runs the shard with RAY_ADDRESS set, so `vllm.LLM(...,
 distributed_executor_backend="ray")` finds the cluster. Every other task joins the head as a
 Ray worker node and waits until the shard is no longer running (done, failed or requeued),
-then leaves. The port comes from the job id, so two array tasks sharing a node do not meet.
+then leaves. The port comes from the job id (slurm_env.slurm_port), so two array tasks
+sharing a node do not meet.
 """
 
 from __future__ import annotations
@@ -18,35 +19,11 @@ import subprocess
 import time
 from typing import Callable, Iterator
 
-BASE_PORT = 20000
-
-
-def first_host(nodelist: str) -> str:
-    """The first host of a Slurm node list: `gpu[007-009,011],cpu01` -> `gpu007`. Parsed here
-    (the first host needs no full expansion) so it works wherever the task runs."""
-    depth, end = 0, len(nodelist)
-    for i, ch in enumerate(nodelist):
-        depth += ch == "["
-        depth -= ch == "]"
-        if ch == "," and depth == 0:
-            end = i
-            break
-    first = nodelist[:end]
-    while "[" in first:  # one bracket group after another, e.g. rack[1-2]-gpu[3-4]
-        head, rest = first.split("[", 1)
-        inside, tail = rest.split("]", 1)
-        first = head + inside.split(",")[0].split("-")[0] + tail
-    return first
-
-
-def head_port(job_id: str) -> int:
-    return BASE_PORT + int(job_id) % 20000
-
+from ..slurm_env import first_host, slurm_port
 
 def head_address(env: dict[str, str] | None = None) -> str:
     env = os.environ if env is None else env
-    job = env.get("SLURM_ARRAY_JOB_ID", env["SLURM_JOB_ID"]) + env.get("SLURM_ARRAY_TASK_ID", "0")
-    return f"{first_host(env['SLURM_JOB_NODELIST'])}:{head_port(job)}"
+    return f"{first_host(env['SLURM_JOB_NODELIST'])}:{slurm_port(env['SLURM_JOB_ID'])}"
 
 
 def ray_command() -> str:

@@ -23,7 +23,6 @@ import math
 import os
 import shutil
 import socket
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +32,11 @@ import torch
 from tqdm import tqdm
 
 from ..files import atomic_write_json, read_json
+from ..slurm_env import first_host, slurm_port
 from .loop import cosine_lr, micro_seed, write_log
 
 MARKER = "srlm_state.json"  # written last into a checkpoint folder: the folder is complete
 TAG_PREFIX = "step-"
-# Below Linux's ephemeral range (32768-60999), so an outgoing connection never holds it.
-SLURM_BASE_PORT, SLURM_PORT_SPAN = 10000, 20000
 
 
 @dataclass(frozen=True)
@@ -48,25 +46,6 @@ class DistEnv:
     local_rank: int
     master_addr: str
     master_port: int  # 0: any free port (a single process needs no agreement with others)
-
-
-def slurm_hostnames(nodelist: str, slurm_conf: str | None = None) -> list[str]:
-    """`node[01-03]` -> [node01, node02, node03], by Slurm's own parser (`scontrol show hostnames`)."""
-    scontrol = shutil.which("scontrol")
-    if scontrol is None:
-        raise RuntimeError(f"cannot expand the Slurm node list {nodelist!r}: `scontrol` is not on PATH; "
-                           f"set MASTER_ADDR to the first node's host name instead")
-    env = dict(os.environ, **({"SLURM_CONF": slurm_conf} if slurm_conf else {}))
-    out = subprocess.run([scontrol, "show", "hostnames", nodelist], capture_output=True, text=True, env=env)
-    if out.returncode != 0 or not out.stdout.split():
-        raise RuntimeError(f"`scontrol show hostnames {nodelist}` failed: {out.stderr.strip()}")
-    return out.stdout.split()
-
-
-def slurm_port(job_id: str) -> int:
-    """The rendezvous port of a Slurm job: every task computes the same one from the job id,
-    and two jobs sharing a node get different ones (unless their ids differ by 20000*k)."""
-    return SLURM_BASE_PORT + int(job_id) % SLURM_PORT_SPAN
 
 
 def dist_env(env: Mapping[str, str] | None = None) -> DistEnv:
@@ -79,7 +58,7 @@ def dist_env(env: Mapping[str, str] | None = None) -> DistEnv:
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         world = int(env["SLURM_NTASKS"])
         if world > 1:
-            addr = env.get("MASTER_ADDR") or slurm_hostnames(env["SLURM_JOB_NODELIST"], env.get("SLURM_CONF"))[0]
+            addr = env.get("MASTER_ADDR") or first_host(env["SLURM_JOB_NODELIST"])
         else:
             addr = "127.0.0.1"
         port = int(env.get("MASTER_PORT") or slurm_port(env["SLURM_JOB_ID"]))

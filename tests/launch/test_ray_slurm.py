@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from srlm_hpc import slurm_env
 from srlm_hpc.launch import ray_slurm
 
 
@@ -33,23 +34,12 @@ fi
     return log
 
 
-@pytest.mark.parametrize("nodelist, first", [("gpu[007-009,011]", "gpu007"), ("n1,n2", "n1"), ("solo", "solo"),
-                                             ("rack[2-3]-gpu[05,09],cpu1", "rack2-gpu05")])
-def test_first_host_of_a_nodelist(nodelist, first):
-    assert ray_slurm.first_host(nodelist) == first
-
-
-def test_first_host_agrees_with_scontrol(slurm):
-    for nodelist in ("gpu[007-009,011]", "x[01,3-4],y", "rack[2-3]-gpu[05,09],cpu1"):
-        out = slurm.run(["scontrol", "show", "hostnames", nodelist]).stdout.split()
-        assert ray_slurm.first_host(nodelist) == out[0]
-
-
 def test_head_address_uses_first_host_and_job_port():
     env = {"SLURM_JOB_ID": "812", "SLURM_ARRAY_JOB_ID": "800", "SLURM_ARRAY_TASK_ID": "12",
            "SLURM_JOB_NODELIST": "gpu[007-009,011]"}
-    assert ray_slurm.head_address(env) == f"gpu007:{ray_slurm.head_port('80012')}"
-    assert ray_slurm.head_port("80012") != ray_slurm.head_port("80013")  # two tasks on one node differ
+    assert ray_slurm.head_address(env) == f"gpu007:{slurm_env.slurm_port('812')}"
+    # every array element has its own SLURM_JOB_ID: two tasks on one node get two ports
+    assert ray_slurm.head_address(dict(env, SLURM_JOB_ID="813")) != ray_slurm.head_address(env)
 
 
 def test_head_waits_for_every_node_then_stops(fake_ray):

@@ -11,7 +11,7 @@ import pytest
 from srlm_hpc.config import build_config
 from srlm_hpc.launch.resources import Resources, stage_resources
 from srlm_hpc.manifest import StageManifest
-from srlm_hpc.runner import rank0_finished, task_rank
+from srlm_hpc.runner import rank0_finished
 
 
 def cfg_with(**kv):
@@ -71,11 +71,6 @@ def test_worker_prints_the_sbatch_layout_for_iteration_sh(tmp_path):
     out = subprocess.run([sys.executable, "-m", "srlm_hpc.worker", "--resources", str(path), "dpo"],
                          capture_output=True, text=True, check=True).stdout.split()
     assert out == ["--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4"]
-
-
-def test_task_rank_reads_srun_environment():
-    assert task_rank({}) == (0, 1)
-    assert task_rank({"SLURM_PROCID": "3", "SLURM_NTASKS": "8"}) == (3, 8)
 
 
 def test_follower_waits_for_rank0_of_its_own_job(tmp_path, monkeypatch):
