@@ -49,18 +49,15 @@ def reference_model_path(cfg: Config):
     return model_path(cfg, 1) if cfg.dpo.reference == "sft" else model_path(cfg, cfg.run.iter)
 
 
-@torch.no_grad()
 def reference_logps(cfg: Config, encoded, pad_id: int, device: str) -> torch.Tensor:
-    """[n_pairs, 2] (chosen, rejected) log-probs under the frozen reference."""
+    """[n_pairs, 2] (chosen, rejected) log-probs under the frozen reference, computed here as the
+    ref_logps stage computes them (score_pairs), with the reference loaded for this pass alone."""
+    from .ref_logps import reduced, score_pairs
+
     ref = load_model(reference_model_path(cfg), device=device).eval()
-    out = []
-    mb = cfg.dpo.micro_batch_size
-    for start in range(0, len(encoded), mb):
-        idx = list(range(start, min(start + mb, len(encoded))))
-        lp = response_logps(ref, pair_batch(encoded, idx, pad_id, device), cfg.dpo.logp_reduction)
-        out.append(torch.stack([lp[:len(idx)], lp[len(idx):]], dim=1).cpu())
+    scores = score_pairs(ref, encoded, pad_id, device, cfg.dpo.micro_batch_size)
     del ref
-    return torch.cat(out) if out else torch.zeros(0, 2)
+    return torch.tensor([reduced(s, cfg.dpo.logp_reduction) for s in scores], dtype=torch.float32).reshape(-1, 2)
 
 
 def reference_logps_for(cfg: Config, pairs: list[PairRecord], encoded, pad_id: int, device: str) -> torch.Tensor:

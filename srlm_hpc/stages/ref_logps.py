@@ -86,6 +86,13 @@ def score_pairs(model, encoded: list, pad_id: int, device: str, micro_batch_size
     return out
 
 
+def reduced(score: tuple, reduction: str) -> tuple[float, float]:
+    """(chosen, rejected) of one score_pairs tuple, as dpo.logp_reduction asks: summed log-probs,
+    or their mean over target tokens."""
+    c, r, n_c, n_r = score
+    return (c / max(1, n_c), r / max(1, n_r)) if reduction == "mean" else (c, r)
+
+
 def run_shard(cfg: Config, shard: int) -> FileInfo:
     from .dpo import encode_pairs, reference_model_path
 
@@ -144,8 +151,6 @@ def load_reference_logps(cfg: Config, pairs: list[PairRecord], encoded: list, re
             raise StaleReferenceError(
                 f"{path}:{line}: computed on other token ids than DPO now scores for pair {key} "
                 f"(tokenizer, template or dpo.max_len changed?); " + rerun_hint(cfg))
-        c, r = rec["chosen_logp"], rec["rejected_logp"]
-        if cfg.dpo.logp_reduction == "mean":
-            c, r = c / max(1, rec["chosen_n"]), r / max(1, rec["rejected_n"])
-        out[i, 0], out[i, 1] = c, r
+        out[i] = torch.tensor(reduced((rec["chosen_logp"], rec["rejected_logp"], rec["chosen_n"], rec["rejected_n"]),
+                                      cfg.dpo.logp_reduction))
     return out
