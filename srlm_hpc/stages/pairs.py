@@ -134,26 +134,43 @@ def pairs_path(cfg: Config, index: int = 0) -> Path:
     return cfg.stage_dir(STAGE) / f"pairs-{index:05d}.jsonl.zst"
 
 
+def indexed_files(cfg: Config) -> list[tuple[Path, dict]]:
+    """(path, index.json entry) of each pairs file of iteration cfg.run.iter, in order.
+    index.json is checked against the pairs manifest; the files themselves are not read."""
+    out = []
+    for info in upstream_outputs(cfg, STAGE):
+        index = read_json(info.path)
+        out += [(Path(info.path).parent / f["path"], f) for f in index["files"]]
+    return out
+
+
 def pair_files(cfg: Config) -> list[Path]:
     """The pairs files of iteration cfg.run.iter, in order, each checked against index.json
     (size, sha256), itself checked against the pairs manifest. For `datasets`/TRL:
     load_dataset("json", data_files=[str(p) for p in pair_files(cfg)])."""
-    files = []
-    for info in upstream_outputs(cfg, STAGE):
-        index = read_json(info.path)
-        for f in index["files"]:
-            path = Path(info.path).parent / f["path"]
-            verify_file(path, f["bytes"], f["sha256"])
-            files.append(path)
-    return files
+    files = indexed_files(cfg)
+    for path, f in files:
+        verify_file(path, f["bytes"], f["sha256"])
+    return [path for path, _ in files]
 
 
-def iter_pairs(cfg: Config) -> Iterator[PairRecord]:
-    """Every pair of iteration cfg.run.iter, in file order, from verified files. DPO,
-    ref_logps and the summary read pairs through this and nothing else."""
-    for path in pair_files(cfg):
-        for i, rec in enumerate(iter_jsonl(path), 1):
-            yield PairRecord.from_dict(rec, where=f"{path}:{i}")
+def iter_pairs(cfg: Config, start: int = 0, stop: int | None = None) -> Iterator[PairRecord]:
+    """Pairs [start, stop) of iteration cfg.run.iter, in file order, from verified files.
+    DPO, ref_logps and the summary read pairs through this and nothing else. Only the files
+    holding that range are verified and read (index.json has each file's record count), so
+    a ref_logps shard costs its own pairs, not every pair before it."""
+    offset = 0
+    for path, f in indexed_files(cfg):
+        lo, hi = offset, offset + f["records"]  # this file's records, counted across the files
+        offset = hi
+        if hi <= start or (stop is not None and lo >= stop):
+            continue
+        verify_file(path, f["bytes"], f["sha256"])
+        for i, rec in enumerate(iter_jsonl(path)):
+            if stop is not None and lo + i >= stop:
+                return
+            if lo + i >= start:
+                yield PairRecord.from_dict(rec, where=f"{path}:{i + 1}")
 
 
 def run_shard(cfg: Config, shard: int) -> FileInfo:

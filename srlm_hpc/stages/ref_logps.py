@@ -60,14 +60,7 @@ def shard_pairs(cfg: Config, shard: int) -> list[PairRecord]:
     from .pairs import iter_pairs
 
     size = cfg.ref_logps.shard_size
-    lo, hi = shard * size, (shard + 1) * size
-    out = []
-    for i, p in enumerate(iter_pairs(cfg)):
-        if i >= hi:
-            break
-        if i >= lo:
-            out.append(p)
-    return out
+    return list(iter_pairs(cfg, shard * size, (shard + 1) * size))
 
 
 @torch.no_grad()

@@ -384,6 +384,22 @@ def test_a_damaged_output_file_is_rebuilt_and_iter_pairs_refuses_it(reference, t
     assert_same_outputs(outputs(cfg), want)
 
 
+def test_a_range_of_pairs_reads_only_the_files_that_hold_it(tmp_path):
+    cfg = make_cfg(tmp_path)
+    write_judged(cfg)
+    run_merge(cfg)
+    every = list(pairs.iter_pairs(cfg))
+    assert len(every) > 30  # 7 pairs a file: ranges below start and end inside files and across them
+    for start, stop in [(0, 7), (3, 4), (5, 19), (14, 21), (20, len(every)), (len(every) - 2, None), (len(every), None)]:
+        assert list(pairs.iter_pairs(cfg, start, stop)) == every[start:stop], (start, stop)
+    # pairs 7..13 sit in file 1 alone: damage files 0 and 3, and that range still reads
+    for name in ("pairs-00000.jsonl.zst", "pairs-00003.jsonl.zst"):
+        (cfg.stage_dir("pairs") / name).write_bytes(b"damaged")
+    assert list(pairs.iter_pairs(cfg, 7, 14)) == every[7:14]
+    with pytest.raises(CorruptFileError, match="pairs-00003"):
+        list(pairs.iter_pairs(cfg, 12, 24))
+
+
 def test_an_unfinished_judge_stage_is_reported(tmp_path):
     cfg = make_cfg(tmp_path)
     write_judged(cfg, n_shards=3)
