@@ -5,9 +5,11 @@
 - Shard i of a downstream stage reads records [i*S, (i+1)*S) of the upstream stage, taken
   in upstream shard order from upstream outputs verified against the manifest.
 - Long shards work in chunks: each finished chunk is written atomically as
-  `shard-00003.part-00002.jsonl`; a shard killed mid-way resumes at the first missing
-  chunk and never emits a record twice. The shard's final file is the concatenation,
-  written last; then the parts are removed.
+  `shard-00003.c8.part-00002.jsonl` (8: items per chunk); a shard killed mid-way resumes at
+  the first missing chunk and never emits a record twice. The shard's final file is the
+  concatenation, written last; then the parts are removed. Parts left with another chunk
+  size (a batch size changed between runs) are refused, not mixed in: chunk boundaries
+  would no longer line up and records would repeat.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ from .manifest import StageManifest
 
 class UpstreamNotReadyError(RuntimeError):
     pass
+
+
+class ChunkingChangedError(RuntimeError):
+    """A shard's finished chunks were cut at another size than the one asked for now."""
 
 
 def shard_seed(seed: int, iteration: int, stage: str, shard: int, chunk: int = 0) -> int:
@@ -79,12 +85,13 @@ def run_chunked(out_path: Path, items: Sequence, chunk_size: int, process: Calla
     only on its arguments and on earlier chunks (seed it from the chunk index). A chunk
     found on disk is not recomputed: its records go to `on_resume` so state that later
     chunks depend on is rebuilt as an uninterrupted run would have it."""
+    refuse_other_chunking(out_path, chunk_size)
     n_chunks = max(1, -(-len(items) // chunk_size))
     records: list[dict] = []
     t0, produced = time.time(), 0
     bar = tqdm(range(n_chunks), desc=desc, unit="chunk")
     for c in bar:
-        part = out_path.with_name(f"{out_path.stem}.part-{c:05d}.jsonl")
+        part = part_path(out_path, chunk_size, c)
         if part.exists():
             try:
                 saved = read_jsonl(part)
@@ -101,8 +108,24 @@ def run_chunked(out_path: Path, items: Sequence, chunk_size: int, process: Calla
         bar.set_postfix(records=len(records), per_s=f"{produced / max(1e-9, time.time() - t0):.2f}")
     info = write_jsonl(out_path, records)
     for c in range(n_chunks):
-        out_path.with_name(f"{out_path.stem}.part-{c:05d}.jsonl").unlink(missing_ok=True)
+        part_path(out_path, chunk_size, c).unlink(missing_ok=True)
     return info
+
+
+def part_path(out_path: Path, chunk_size: int, chunk: int) -> Path:
+    return out_path.with_name(f"{out_path.stem}.c{chunk_size}.part-{chunk:05d}.jsonl")
+
+
+def refuse_other_chunking(out_path: Path, chunk_size: int) -> None:
+    mine = f"{out_path.stem}.c{chunk_size}.part-"
+    other = sorted(p.name for p in out_path.parent.glob(f"{out_path.stem}.c*.part-*.jsonl")
+                   if not p.name.startswith(mine))
+    if other:
+        raise ChunkingChangedError(
+            f"{out_path.parent}: {len(other)} finished chunk(s) of this shard ({other[0]}, ...) hold another "
+            f"number of items per chunk than the {chunk_size} asked for now (a batch_size or chunk_size "
+            f"changed since the shard started). Restore the old value to resume the shard, or delete "
+            f"{out_path.parent / (out_path.stem + '.c*.part-*.jsonl')} to redo it.")
 
 
 def _ranges(ids: list[int]) -> str:
