@@ -106,18 +106,39 @@ def _rm(data: dict, k: int) -> dict:
     return ((data[k]["eval"] or {}).get("reward_modeling")) or {}
 
 
+# ---- the series the plots draw: a missing number is NaN (a gap), a real 0 stays 0 ------------------
+def _num(v) -> float:
+    return float("nan") if v is None else v
+
+
+def rm_series(data: dict, key: str, scale: float = 1) -> tuple[list[int], list[float]]:
+    """(model index k + 1 = M_{k+1}, value * scale) of one reward-modeling metric."""
+    ks = [k for k in data if _rm(data, k)]
+    return [k + 1 for k in ks], [_num(_rm(data, k).get(key)) * scale for k in ks]
+
+
+def parse_rate_series(data: dict) -> tuple[list[float], list[float]]:
+    """Per iteration, % of judge samples parsed: the judge stage's, the eval's on held-out replies."""
+    train = [_num((data[k]["summary"] or {}).get("judge_parse_rate")) * 100 for k in data]
+    return train, [_num(_rm(data, k).get("parse_rate")) * 100 for k in data]
+
+
+def length_ratio_series(data: dict) -> tuple[list[int], list[float]]:
+    ks = [k for k in data if data[k]["pairs"]]
+    return ks, [_num(data[k]["pairs"].get("length_ratio")) for k in ks]
+
+
 def plot_reward_modeling(data: dict, out: Path) -> str:
     plt = _plt()
-    ks = [k for k in data if _rm(data, k)]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, keys, scale in ((axes[0], RM_KEYS[:3], 100), (axes[1], RM_KEYS[3:], 1)):
         for key in keys:  # x = model index: 0 = the paper's SFT baseline, k = M_k
             label, i = RM_LABELS[RM_KEYS.index(key)], RM_KEYS.index(key)
-            ys = [(_rm(data, k).get(key) or float("nan")) * scale for k in ks]
-            line = ax.plot([k + 1 for k in ks], ys, "o-", label=f"run: {label}")[0]
+            xs, ys = rm_series(data, key, scale)
+            line = ax.plot(xs, ys, "o-", label=f"run: {label}")[0]
             ax.plot(range(4), [v[i] for v in PAPER_RM.values()], "x--", color=line.get_color(), alpha=0.5,
                     label=f"paper: {label}")
-        top = max([3, *(k + 1 for k in ks)])
+        top = max([3, *(k + 1 for k in data if _rm(data, k))])
         ax.set_xticks(range(top + 1), ["SFT\nbaseline", *(f"M{m}" for m in range(1, top + 1))])
         _legend(ax, fontsize=7)
         ax.grid(alpha=0.3)
@@ -130,8 +151,7 @@ def plot_parse_rate(data: dict, out: Path) -> str:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ks = list(data)
-    train = [((data[k]["summary"] or {}).get("judge_parse_rate") or float("nan")) * 100 for k in ks]
-    held = [(_rm(data, k).get("parse_rate") or float("nan")) * 100 for k in ks]
+    train, held = parse_rate_series(data)
     ax.plot([f"iter {k}" for k in ks], train, "o-", label="judge stage (M_k on its own responses)")
     ax.plot([f"iter {k}" for k in ks], held, "s-", label="eval (M_k+1 on held-out replies)")
     ax.set_ylim(0, 105)
@@ -184,8 +204,7 @@ def plot_lengths(data: dict, out: Path) -> str:
         axes[0].boxplot(dists, showmeans=True)
         axes[0].set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
     axes[0].set_title("Response length (tokens); triangle = mean")
-    ks = [k for k in data if data[k]["pairs"]]
-    ratio = [data[k]["pairs"].get("length_ratio") or float("nan") for k in ks]
+    ks, ratio = length_ratio_series(data)
     axes[1].plot([f"iter {k}" for k in ks], ratio, "o-", label="mean chosen / mean rejected tokens")
     axes[1].axhline(1.0, color="grey", lw=0.8)
     axes[1].set_title("Length of the pairs (growth is the known failure)")
@@ -222,7 +241,7 @@ def plot_dpo(data: dict, out: Path) -> str:
             continue
         steps = [e["step"] for e in log]
         for ax, key in zip(axes, ("loss", "reward_margin", "reward_accuracy")):
-            ax.plot(steps, [e.get(key, float("nan")) for e in log], ".-", label=f"iter {k}")
+            ax.plot(steps, [_num(e.get(key)) for e in log], ".-", label=f"iter {k}")
     for ax, title in zip(axes, ("DPO loss", "reward margin (chosen - rejected)", "reward accuracy")):
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
@@ -234,7 +253,7 @@ def plot_dpo(data: dict, out: Path) -> str:
 def plot_head_to_head(data: dict, out: Path) -> str:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    rows = [(f"{h['new_model']} vs {h['old_model']}", h) for k in data
+    rows = [(f"{h['new_model']} vs {h['old_model']}\n({h.get('method', 'pairwise')})", h) for k in data
             for h in ((data[k]["eval"] or {}).get("head_to_head") or {}).values()]
     left = [0] * len(rows)
     for outcome, color in (("win", "tab:green"), ("tie", "tab:grey"), ("loss", "tab:red"), ("unparsed", "white")):
@@ -242,7 +261,8 @@ def plot_head_to_head(data: dict, out: Path) -> str:
         ax.barh([name for name, _ in rows], w, left=left, color=color, edgecolor="black", label=outcome)
         left = [a + b for a, b in zip(left, w)]
     ax.set_xlabel("held-out prompts")
-    ax.set_title("Head-to-head, both orders (disagreement = tie)")
+    ax.set_title("Head-to-head (pairwise: both orders, disagreement = tie; rubric: higher mean score wins)",
+                 fontsize=9)
     _legend(ax, fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     return _save(fig, out / "head_to_head.png")
 
@@ -293,7 +313,8 @@ def iteration_table(data: dict) -> str:
     rows = []
     for k, d in data.items():
         s, p, e = d["summary"] or {}, d["pairs"] or {}, d["eval"] or {}
-        h2h = "; ".join(f"{h['new_model']} vs {h['old_model']}: {h['win']}/{h['tie']}/{h['loss']}/{h['unparsed']}"
+        h2h = "; ".join(f"{h['new_model']} vs {h['old_model']} ({h.get('method', 'pairwise')}): "
+                        f"{h['win']}/{h['tie']}/{h['loss']}/{h['unparsed']}"
                         for h in (e.get("head_to_head") or {}).values())
         loss = f"{_fmt(d['dpo'][0].get('loss'))} &rarr; {_fmt(d['dpo'][-1].get('loss'))}" if d["dpo"] else "&ndash;"
         rows.append(f"<tr><td>{k}</td><td>{_fmt(s.get('n_prompts'))}</td><td>{_fmt(s.get('n_responses'))}</td>"
@@ -313,7 +334,8 @@ def write_report(cfg: Config) -> Path:
     data = collect(cfg)
     if not data:
         raise FileNotFoundError(f"{cfg.work_dir}: no iter<k>/ folders; run an iteration first "
-                                f"(python -m srlm_hpc.submit stage=all iter=1 work_dir={cfg.work_dir})")
+                                f"(python -m srlm_hpc.submit stage=all iter=1 work_dir={cfg.work_dir}); "
+                                "run=NAME does not pick the folder: give work_dir= or preset=")
     images = [plot(data, out) for plot in PLOTS]
     sources = {k: (d["eval"] or {}).get("heldout_source") for k, d in data.items()}
     page = (

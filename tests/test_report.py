@@ -4,15 +4,18 @@ and, where a Chromium is installed, a headless screenshot of the page."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import struct
 import subprocess
 
 import pytest
 
 pytest.importorskip("matplotlib")
+Image = pytest.importorskip("PIL.Image")  # installed with matplotlib
 
 from srlm_hpc.files import atomic_write_json
-from srlm_hpc.report import PAPER_RM, main
+from srlm_hpc.report import PAPER_RM, length_ratio_series, main, parse_rate_series, rm_series
 from srlm_hpc.stages.eval import aggregate
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -64,12 +67,58 @@ def report(tmp_path_factory):
     return work / "report"
 
 
-def test_page_links_every_image_and_each_is_a_png(report):
+def check_images(report) -> None:
+    """Every <img src> of index.html is a PNG file beside it with a nonzero IHDR size, and every
+    plot the report promises (IMAGES) is among them: a deleted or emptied PNG fails here."""
     page = (report / "index.html").read_text()
-    for name in IMAGES:
-        assert f"src='{name}'" in page
-        assert (report / name).read_bytes()[:8] == PNG_MAGIC
+    srcs = re.findall(r"<img\b[^>]*\bsrc=['\"]([^'\"]+)['\"]", page)
+    assert set(IMAGES) <= set(srcs), f"plots missing from the page: {sorted(set(IMAGES) - set(srcs))}"
+    for src in srcs:
+        path = report / src
+        assert path.is_file(), f"{src}: linked from index.html, no such file"
+        data = path.read_bytes()
+        assert data[:8] == PNG_MAGIC and data[12:16] == b"IHDR", f"{src}: not a PNG"
+        width, height = struct.unpack(">II", data[16:24])
+        assert width > 0 and height > 0, f"{src}: IHDR size {width}x{height}"
+        with Image.open(path) as im:
+            im.verify()  # the chunks' CRCs: a truncated file fails here
+
+
+def test_page_links_every_image_and_each_is_a_png(report):
+    check_images(report)
     assert not list(report.glob(".*.tmp"))  # atomic writes left no temp files
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate", "unlink from page"])
+def test_check_images_catches_a_missing_image(report, tmp_path, damage):
+    copy = tmp_path / "report"
+    shutil.copytree(report, copy)
+    if damage == "delete":
+        (copy / "dpo.png").unlink()
+    elif damage == "truncate":
+        (copy / "dpo.png").write_bytes((copy / "dpo.png").read_bytes()[:200])
+    else:
+        page = copy / "index.html"
+        page.write_text(page.read_text().replace("<img src='dpo.png' alt='dpo.png'>", ""))
+    with pytest.raises((AssertionError, OSError, SyntaxError)):  # PIL raises OSError/SyntaxError on bad PNGs
+        check_images(copy)
+
+
+def test_series_keep_a_real_zero():
+    """A metric of exactly 0 (5-best 0 %, Spearman 0, nothing parsed) is plotted as 0; only a
+    missing one is NaN, a gap in the line."""
+    rm = {"pairwise_accuracy": 0.5, "five_best": 0.0, "spearman": 0.0, "kendall_tau": None, "parse_rate": 0.0}
+    data = {1: {"summary": {"judge_parse_rate": 0.0}, "pairs": {"length_ratio": 0.0}, "dpo": [],
+                "eval": {"reward_modeling": rm}},
+            2: {"summary": None, "pairs": None, "dpo": [], "eval": None}}
+    assert rm_series(data, "five_best", 100) == ([2], [0.0])
+    assert rm_series(data, "spearman") == ([2], [0.0])
+    assert rm_series(data, "pairwise_accuracy", 100) == ([2], [50.0])
+    xs, ys = rm_series(data, "kendall_tau")
+    assert xs == [2] and ys[0] != ys[0]  # None -> NaN
+    train, held = parse_rate_series(data)
+    assert train[0] == 0.0 and held[0] == 0.0 and train[1] != train[1] and held[1] != held[1]
+    assert length_ratio_series(data) == ([1], [0.0])
 
 
 def test_table_sets_the_paper_beside_the_run(report):
@@ -93,6 +142,7 @@ CHROMIUM = next((c for c in ("chromium", "chromium-browser", "google-chrome", "c
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium/chrome on PATH (not installed here on purpose)")
 def test_headless_screenshot(report, tmp_path):
+    check_images(report)  # the screenshot's size alone passes with every PNG gone (alt text, borders)
     shot = tmp_path / "page.png"
     subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
                     "--window-size=1280,4000", (report / "index.html").as_uri()], check=True, timeout=120,
