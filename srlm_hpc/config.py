@@ -178,6 +178,9 @@ class EvalConfig:
 class EFTConfig:
     model: str = ""  # the IFT-only SFT baseline; "" = M1 of this run (train it with sft.use_eft=false)
     max_prompts: int = 8192  # bound on EFT-train prompts, so the plan needs no data (oasst1: a few thousand)
+    # "pairwise": the paper's GPT-4 style A/B comparison, both orders (compare_* above); "rubric":
+    # each answer scored with the judge prompt (judge.k samples, mean), higher mean wins. Ours.
+    h2h_method: Literal["pairwise", "rubric"] = "pairwise"
     shard_size: int = 64
     batch_size: int = 8
 

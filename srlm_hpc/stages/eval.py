@@ -5,7 +5,10 @@ Per shard, over held-out data (SPEC.md, "Evaluation"):
     through the judge stage's `judge_sets` and its settings (judge.k, temperature, ...);
 (b) head-to-head: M_{k+1} and M_k (and the SFT baseline, when it is another model) answer
     the held-out prompts with the responses stage's sampling settings; the judge model
-    (eval.judge_model, default M_{k+1}) compares each pair of answers in both orders;
+    (eval.judge_model, default M_{k+1}) decides each pair of answers by eval.h2h_method:
+    "pairwise" (the paper's GPT-4 style A/B comparison, in both orders) or "rubric" (each
+    answer scored alone with the paper's 0-5 rubric, judge.k samples averaged; the higher
+    mean wins), for a judge that was only ever taught the rubric;
 (c) lengths of those answers, in tokens.
 A shard works in phases, each saved (and chunked, through run_chunked) before the next, so a
 killed shard resumes where it stopped; the phases are ordered so each model loads once.
@@ -71,6 +74,53 @@ def parse_verdict(text: str | None) -> str | None:
     return "tie" if v.lower() == "tie" else v.upper()
 
 
+def rubric_outcome(new: float | None, old: float | None) -> str:
+    """The new model's outcome from the two answers' mean rubric scores: the higher mean
+    wins; equal, or either unparsed, is a tie (its rate is the record's parse rate)."""
+    if new is None or old is None or new == old:
+        return "tie"
+    return "win" if new > old else "loss"
+
+
+# ---- one chunk of head-to-head comparisons, either method ------------------------------------------
+# `pairs` are (prompt, new model's answer, old model's answer); each returns one record per pair
+# with what the judge wrote, what was read from it and the outcome for the new model.
+def compare_pairwise(engine, pairs: list[tuple[str, str, str]], params: SamplingConfig) -> list[dict]:
+    """Both orders (new answer as A, then as B); orders that disagree are a tie."""
+    convs = [m for p, new, old in pairs for m in (compare_messages(p, new, old), compare_messages(p, old, new))]
+    outs = engine.generate(convs, params)
+    recs = []
+    for n in range(len(pairs)):
+        texts = [outs[2 * n][0].text, outs[2 * n + 1][0].text]
+        verdicts = [parse_verdict(t) for t in texts]
+        recs.append({"method": "pairwise", "judge_texts": texts, "verdicts": verdicts,
+                     "outcome": combine_orders(*verdicts)})
+    return recs
+
+
+def compare_rubric(engine, pairs: list[tuple[str, str, str]], params: SamplingConfig) -> list[dict]:
+    """Each answer judged alone through the judge stage's `judge_sets` (its prompt, parser and
+    mean of params.n samples); judge_texts, judge_scores and scores are [new, old]."""
+    sets = [ResponseSet(str(n), p, [Response("new", new, 0), Response("old", old, 0)])
+            for n, (p, new, old) in enumerate(pairs)]
+    recs = []
+    for s in judge_sets(engine, sets, params):
+        new, old = s.responses
+        recs.append({"method": "rubric", "judge_texts": [new.judge_texts, old.judge_texts],
+                     "judge_scores": [new.judge_scores, old.judge_scores], "scores": [new.score, old.score],
+                     "outcome": rubric_outcome(new.score, old.score)})
+    return recs
+
+
+def parsed_share(rec: dict) -> tuple[int, int]:
+    """(parsed, total) judge outputs of one h2h record: verdicts, or rubric score samples."""
+    if rec.get("method", "pairwise") == "pairwise":
+        read = rec["verdicts"]
+    else:
+        read = [s for x in rec["judge_scores"] for s in x]
+    return sum(v is not None for v in read), len(read)
+
+
 # ---- what a shard works on ----------------------------------------------------------------------
 def heldout(cfg: Config) -> tuple[list[dict], list[dict]]:
     """(ranked turns for reward modeling, {"prompt_id", "prompt"} for head-to-head), capped."""
@@ -90,7 +140,10 @@ def plan(cfg: Config) -> tuple[int, dict]:
     return max(1, -(-n // e.shard_size)), {
         "oasst_path": e.oasst_path, "split_seed": e.split_seed, "ift_size": e.ift_size,
         "heldout_frac": e.heldout_frac, "max_rm_prompts": e.max_rm_prompts,
-        "max_h2h_prompts": e.max_h2h_prompts, "shard_size": e.shard_size, "seed": cfg.run.seed}
+        "max_h2h_prompts": e.max_h2h_prompts, "shard_size": e.shard_size, "seed": cfg.run.seed,
+        # Not a sharding key, but shards judged by two methods must not be summed together; left
+        # out for the default, so plans written before the key existed still match on resume.
+        **({"h2h_method": e.h2h_method} if e.h2h_method != "pairwise" else {})}
 
 
 def models(cfg: Config) -> dict[str, tuple[str, Path]]:
@@ -149,22 +202,18 @@ def run_shard(cfg: Config, shard: int) -> FileInfo:
 
     def compare(opponent: str, new_answers: list[dict], old_answers: list[dict]):
         def process(chunk: list[int], c: int) -> list[dict]:
-            convs = []
-            for i in chunk:
-                p, a_new, a_old = new_answers[i]["prompt"], new_answers[i]["text"], old_answers[i]["text"]
-                convs += [compare_messages(p, a_new, a_old), compare_messages(p, a_old, a_new)]
-            params = SamplingConfig(n=1, temperature=e.compare_temperature, top_p=1.0,
-                                    max_tokens=e.compare_max_tokens, seed=seed(f"compare-{opponent}", c))
-            outs = engine("judge").generate(convs, params)
-            recs = []
-            for n, i in enumerate(chunk):
-                texts = [outs[2 * n][0].text, outs[2 * n + 1][0].text]
-                verdicts = [parse_verdict(t) for t in texts]
-                recs.append({"kind": "h2h", "opponent": opponent, "new_model": roles["new"][0],
-                             "old_model": roles[opponent][0], "judge_model": roles["judge"][0],
-                             "prompt_id": new_answers[i]["prompt_id"], "judge_texts": texts,
-                             "verdicts": verdicts, "outcome": combine_orders(*verdicts)})
-            return recs
+            pairs = [(new_answers[i]["prompt"], new_answers[i]["text"], old_answers[i]["text"]) for i in chunk]
+            if e.h2h_method == "rubric":  # the judge stage's sampling: k samples, their mean
+                params = SamplingConfig(n=j.k, temperature=j.temperature, top_p=j.top_p, max_tokens=j.max_tokens,
+                                        seed=seed(f"rubric-{opponent}", c))
+                found = compare_rubric(engine("judge"), pairs, params)
+            else:
+                params = SamplingConfig(n=1, temperature=e.compare_temperature, top_p=1.0,
+                                        max_tokens=e.compare_max_tokens, seed=seed(f"compare-{opponent}", c))
+                found = compare_pairwise(engine("judge"), pairs, params)
+            return [{"kind": "h2h", "opponent": opponent, "new_model": roles["new"][0],
+                     "old_model": roles[opponent][0], "judge_model": roles["judge"][0],
+                     "prompt_id": new_answers[i]["prompt_id"], **rec} for i, rec in zip(chunk, found)]
         return process
 
     name = f"shard-{shard:05d}"
@@ -178,7 +227,8 @@ def run_shard(cfg: Config, shard: int) -> FileInfo:
                             "eval new answers")
     h2h = []
     for o in opponents:
-        h2h += _phase(work / f"{name}.h2h-{o}.jsonl", list(range(len(prompts))), max(1, e.batch_size // 2),
+        h2h += _phase(work / f"{name}.h2h-{e.h2h_method}-{o}.jsonl", list(range(len(prompts))),
+                      max(1, e.batch_size // 2),
                       compare(o, answers["new"], answers[o]), f"eval h2h vs {o}")
     info = write_jsonl(shard_output(cfg, STAGE, shard), rm + [a for o in ("new", *opponents) for a in answers[o]] + h2h)
     for p in work.glob(f"{name}.*"):
@@ -217,9 +267,13 @@ def aggregate(records: list[dict]) -> dict:
     h2h: dict[str, dict] = {}
     for opp in sorted({rec["opponent"] for rec in records if rec["kind"] == "h2h"}):
         recs = [rec for rec in records if rec["kind"] == "h2h" and rec["opponent"] == opp]
+        shares = [parsed_share(rec) for rec in recs]
+        parsed, total = sum(n for n, _ in shares), sum(n for _, n in shares)
         h2h[opp] = {"new_model": recs[0]["new_model"], "old_model": recs[0]["old_model"],
-                    "judge_model": recs[0]["judge_model"], **head_to_head(rec["outcome"] for rec in recs),
-                    "verdict_parse_rate": sum(v is not None for rec in recs for v in rec["verdicts"]) / (2 * len(recs))}
+                    "judge_model": recs[0]["judge_model"], "method": recs[0].get("method", "pairwise"),
+                    **head_to_head(rec["outcome"] for rec in recs),
+                    # pairwise: verdicts read (2 per prompt); rubric: score samples read (2k per prompt)
+                    "verdict_parse_rate": parsed / total if total else None}
     return {
         "reward_modeling": {**reward_modeling(prompts, samples), "score_bins": BINS, "score_hist": _hist(scores),
                             "score_hist_by_rank": {k: _hist(v) for k, v in by_rank.items()}},

@@ -8,10 +8,12 @@ import shutil
 
 import pytest
 
-from srlm_hpc.config import build_config
+from srlm_hpc.config import ConfigError, build_config, load_preset
+from srlm_hpc.engines import Completion, SamplingConfig
 from srlm_hpc.files import read_json, read_jsonl
 from srlm_hpc.manifest import StageManifest
 from srlm_hpc.stages import eval as ev
+from srlm_hpc.templates import judge_messages
 
 
 def with_eval(cfg, **kw):
@@ -166,3 +168,79 @@ def test_report_makes_missing_metrics_and_renders_a_partial_run(evaluated):
     # "models" comes from the config, whose eval section with_eval attaches by hand for now
     assert all(remade[k] == m[k] for k in ("iter", "reward_modeling", "head_to_head", "length"))
     assert "<th>run M2</th>" in page and page.count("<img ") == 7
+
+
+# ---- head-to-head by the rubric (eval.h2h_method=rubric) -----------------------------------------------
+class RubricEngine:
+    """The engine interface (engines/base.py) with fixed judge texts: each answer's text picks
+    the k samples written about it; what it was asked is recorded."""
+
+    name = "fake"
+
+    def __init__(self, samples: dict[str, list[str]]):
+        self.samples, self.calls = samples, []
+
+    def generate(self, conversations, params):
+        self.calls.append((conversations, params))
+        outs = []
+        for conv in conversations:
+            answer = conv[-1]["content"].split("<response>")[1].split("</response>")[0]
+            texts = self.samples[answer]
+            assert len(texts) == params.n
+            outs.append([Completion(t, len(t.split()), "stop") for t in texts])
+        return outs
+
+    def count_tokens(self, text):
+        return len(text.split())
+
+    def close(self):
+        pass
+
+
+def test_rubric_outcome_by_mean_score():
+    engine = RubricEngine({
+        "good": ["Fine. Score: 4", "Score: 5", "no score here"],  # mean 4.5 over the 2 that parse
+        "fair": ["Score: 3", "Score: 4", "Score: 4"],  # 11/3
+        "same": ["Score: 4", "Score: 5", "Score: 4.5"],  # 4.5, equal to "good"
+        "mute": ["I cannot say.", "", "Score: 9"],  # nothing parses (9 is outside 0-5)
+    })
+    pairs = [("Q1", "good", "fair"), ("Q2", "fair", "good"), ("Q3", "good", "same"), ("Q4", "mute", "good"),
+             ("Q5", "good", "mute")]
+    params = SamplingConfig(n=3, temperature=0.7, top_p=0.9, max_tokens=32, seed=5)
+    recs = ev.compare_rubric(engine, pairs, params)
+    assert [r["outcome"] for r in recs] == ["win", "loss", "tie", "tie", "tie"]
+    assert recs[0]["scores"] == [4.5, pytest.approx(11 / 3)] and recs[3]["scores"] == [None, 4.5]
+    assert recs[0]["judge_scores"] == [[4.0, 5.0, None], [3.0, 4.0, 4.0]]
+    assert recs[0]["judge_texts"][1] == ["Score: 3", "Score: 4", "Score: 4"]
+    # one generate call, every answer in the judge stage's own prompt, with the judge's sampling
+    ((convs, used),) = engine.calls
+    assert used == params and convs[:2] == [judge_messages("Q1", "good"), judge_messages("Q1", "fair")]
+    records = [{"kind": "h2h", "opponent": "previous", "new_model": "M2", "old_model": "M1", "judge_model": "M2",
+                **r} for r in recs]
+    h = ev.aggregate(records)["head_to_head"]["previous"]
+    assert (h["method"], h["win"], h["tie"], h["loss"], h["unparsed"]) == ("rubric", 1, 3, 1, 0)
+    assert h["verdict_parse_rate"] == pytest.approx(19 / 30)  # 5+5+5+2+2 of 5 prompts x 2 answers x 3 samples
+
+
+@pytest.mark.parametrize("new,old,outcome", [(4.0, 3.5, "win"), (0.0, 0.5, "loss"), (2.0, 2.0, "tie"),
+                                             (None, 3.0, "tie"), (3.0, None, "tie"), (None, None, "tie")])
+def test_rubric_outcome(new, old, outcome):
+    assert ev.rubric_outcome(new, old) == outcome
+
+
+def test_h2h_method_in_config_and_demo_preset():
+    assert build_config({}).eval.h2h_method == "pairwise"  # the paper's comparison stays the default
+    assert load_preset("demo")["eval.h2h_method"] == "rubric"
+    with pytest.raises(ConfigError, match="eval.h2h_method='gpt4': expected one of 'pairwise', 'rubric'"):
+        build_config({"eval.h2h_method": "gpt4"})
+
+
+def test_rubric_shard_on_the_tiny_model(tmp_path, tiny_llama, baseline):
+    """run_shard with h2h_method=rubric writes rubric h2h records (k samples per answer) and its own plan key."""
+    cfg = with_eval(make_cfg(tmp_path / "run", tiny_llama, baseline), h2h_method="rubric")
+    assert ev.plan(cfg)[1]["h2h_method"] == "rubric" and "h2h_method" not in ev.plan(make_cfg(
+        tmp_path / "other", tiny_llama, baseline))[1]  # a pairwise plan is the one written before the key
+    h2h = [r for r in read_jsonl(ev.run_shard(cfg, 0).path) if r["kind"] == "h2h"]
+    assert len(h2h) == 4 and {r["method"] for r in h2h} == {"rubric"}
+    assert all(len(r["judge_scores"]) == 2 and all(len(x) == 2 for x in r["judge_scores"]) for r in h2h)
+    assert all(r["outcome"] == ev.rubric_outcome(*r["scores"]) for r in h2h)
