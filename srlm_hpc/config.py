@@ -172,15 +172,15 @@ class EvalConfig:
     baseline_model: str = ""  # "" = M1 (this run's SFT); the paper's baseline is SFT on IFT only
     compare_temperature: float = 0.0  # greedy verdicts: one deterministic sample per order
     compare_max_tokens: int = 256
+    # "pairwise": the paper's GPT-4 style A/B comparison, both orders (compare_* above); "rubric":
+    # each answer scored with the judge prompt (judge.k samples, mean), higher mean wins. Ours.
+    h2h_method: Literal["pairwise", "rubric"] = "pairwise"
 
 
 @dataclass(frozen=True)
 class EFTConfig:
     model: str = ""  # the IFT-only SFT baseline; "" = M1 of this run (train it with sft.use_eft=false)
     max_prompts: int = 8192  # bound on EFT-train prompts, so the plan needs no data (oasst1: a few thousand)
-    # "pairwise": the paper's GPT-4 style A/B comparison, both orders (compare_* above); "rubric":
-    # each answer scored with the judge prompt (judge.k samples, mean), higher mean wins. Ours.
-    h2h_method: Literal["pairwise", "rubric"] = "pairwise"
     shard_size: int = 64
     batch_size: int = 8
 
