@@ -54,6 +54,9 @@ class SFTConfig:
     grad_clip: float = 1.0
     autocast: Literal["none", "bf16"] = "none"
     checkpoint_every: int = 0  # optimizer steps between resumable checkpoints; 0: four per run
+    # Also save when this many minutes have passed since the last save: a job's time limit
+    # or a lost node then costs at most this much, however long four steps' worth takes.
+    checkpoint_minutes: float = 20.0
     freeze_layers: int = 0  # freeze embeddings + this many bottom blocks (0: full fine-tuning, the paper's)
     backend: Literal["torch", "deepspeed"] = "torch"  # deepspeed: ZeRO (see the deepspeed section), srun ranks
 
@@ -126,6 +129,9 @@ class DPOConfig:
     logp_reduction: Literal["sum", "mean"] = "sum"  # paper and TRL: sum over response tokens
     autocast: Literal["none", "bf16"] = "none"
     checkpoint_every: int = 0  # optimizer steps between resumable checkpoints; 0: four per run
+    # Also save when this many minutes have passed since the last save: a job's time limit
+    # or a lost node then costs at most this much, however long four steps' worth takes.
+    checkpoint_minutes: float = 20.0
     # Where the reference log-probs come from. "stored": the ref_logps stage's files (DPO never
     # loads the reference); "inline": computed here, before training; "auto": stored when the
     # ref_logps stage has been planned for this iteration, else inline.
@@ -208,7 +214,7 @@ class SlurmConfig:
     mem_gb: float = 0  # 0: the partition's default
     array_parallelism: int = 256  # most tasks of one array running at once
     extra: tuple[str, ...] = ()  # more sbatch options, "key=value" each (e.g. constraint=a100)
-    max_retries: int = 3  # attempts of one shard before submit stops resubmitting and reports it
+    max_retries: int = 3  # failures of one shard (preemptions not counted) before submit stops resubmitting it
     heartbeat_s: float = 60.0  # how often a running shard touches its manifest entry
     stale_after_s: float = 900.0  # a running shard whose heartbeat is older is stale
     log_dir: str = ""  # empty: <work_dir>/logs

@@ -4,13 +4,19 @@ Layout, one directory per (run, iteration, stage):
 
     <manifest_root>/iter1/judge/plan.json          what the stage was split into
     <manifest_root>/iter1/judge/shard-00042.json   that shard's state and history
+    <manifest_root>/iter1/judge/queued-00042.json  the job `submit` last queued for it
 
 Why one file per shard: on a shared filesystem (NFS, Lustre) with a thousand array
 tasks, a single manifest file needs a lock, and a task killed while holding it blocks
 every other one; a read-modify-write without a lock loses updates. Here each shard's file
 is written only by the task running that shard (and by `submit` when no task runs it),
 always by atomic rename, so no update is lost, nothing is ever locked, and the whole
-manifest can be read at any moment by listing the directory.
+manifest can be read at any moment by listing the directory. The job id `submit` gets back
+from sbatch goes into a file of its own: by then the task may already be running the shard
+(or have finished it), and writing the shard's file would undo that.
+
+Attempts and failures are counted apart: a preempted or requeued task starts the shard
+again (attempt + 1) but has not failed; only failures count against `slurm.max_retries`.
 
 A shard is done only when its state says so AND its output still exists with the
 recorded size and sha256: a file truncated or replaced since makes it pending again.
@@ -39,6 +45,7 @@ class ShardState:
     shard: int
     state: str = "pending"
     attempt: int = 0  # how many times a task started this shard
+    failures: int = 0  # how many of those ended in an error or a vanished job (not preemptions)
     job_id: str = ""
     array_index: int | None = None
     host: str = ""
@@ -116,12 +123,17 @@ class StageManifest:
             setattr(st, k, v)
         return self._put(st)
 
-    def mark_queued(self, shard: int, job_id: str) -> ShardState:
-        """Pending, with the job that will run it: a rerun of submit leaves it alone while
-        that job is in the queue."""
-        st = self.get(shard)
-        st.state, st.job_id, st.output = "pending", job_id, None
-        return self._put(st)
+    def queued_path(self, shard: int) -> Path:
+        return self.dir / f"queued-{shard:05d}.json"
+
+    def mark_queued(self, shard: int, job_id: str) -> None:
+        """The job that will run the shard: a rerun of submit leaves the shard alone while
+        that job is in the queue. Written apart from the shard's state (see the module doc)."""
+        atomic_write_json(self.queued_path(shard), {"job_id": job_id, "time": time.time()})
+
+    def queued_job(self, shard: int) -> str:
+        p = self.queued_path(shard)
+        return read_json(p)["job_id"] if p.exists() else ""
 
     def heartbeat(self, shard: int) -> None:
         st = self.get(shard)
@@ -137,17 +149,27 @@ class StageManifest:
 
     def mark_failed(self, shard: int, exc: BaseException) -> ShardState:
         st = self.get(shard)
-        st.state, st.finished = "failed", time.time()
+        st.state, st.finished, st.failures = "failed", time.time(), st.failures + 1
         st.error = f"{type(exc).__name__}: {exc}"
         st.traceback_tail = "".join(traceback.format_exception(exc))[-4000:]
         return self._put(st)
 
-    def mark_pending(self, shard: int, reason: str) -> ShardState:
-        """Give a shard back (stale task, corrupt output) so the next submit reruns it."""
+    def mark_pending(self, shard: int, reason: str, failed: bool = False) -> ShardState:
+        """Give a shard back (stale task, corrupt output) so the next submit reruns it;
+        `failed`: its task died (counts against the retry limit)."""
         st = self.get(shard)
         st.history.append({"attempt": st.attempt, "state": st.state, "job_id": st.job_id, "host": st.host,
                            "reset": reason})
-        st.state, st.output, st.error = "pending", None, reason
+        st.state, st.output, st.error, st.failures = "pending", None, reason, st.failures + failed
+        return self._put(st)
+
+    def mark_preempted(self, shard: int, reason: str) -> ShardState:
+        """The running task was preempted or hit its time limit and requeued itself: pending
+        again, its finished chunks or training checkpoint kept, no failure counted."""
+        st = self.get(shard)
+        st.history.append({"attempt": st.attempt, "state": "preempted", "job_id": st.job_id, "host": st.host,
+                           "started": st.started, "heartbeat": st.heartbeat, "reason": reason})
+        st.state, st.finished, st.error = "pending", time.time(), ""
         return self._put(st)
 
     def verified_output(self, st: ShardState) -> FileInfo | None:

@@ -15,6 +15,7 @@ import torch
 
 from .config import Config, env_threads
 from .manifest import StageManifest
+from .preemption import Preempted, was_requeued
 from .stages import get_stage
 
 
@@ -89,7 +90,10 @@ def run_shard(cfg: Config, stage: str, shard: int, log: str = "", rank: int = 0,
         with heartbeat(man, shard, cfg.slurm.heartbeat_s), ray_head_if_needed(cfg, stage, world):
             info = get_stage(stage).run_shard(cfg, shard)
     except BaseException as e:
-        man.mark_failed(shard, e)
+        if was_requeued() or isinstance(e, Preempted):
+            man.mark_preempted(shard, f"{type(e).__name__}: {e}")  # pending again; not a failure
+        else:
+            man.mark_failed(shard, e)
         raise
     man.mark_done(shard, info)
     print(f"[{stage}] shard {shard}: done, {info.records} records, {info.bytes} bytes "

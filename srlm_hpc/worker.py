@@ -18,6 +18,7 @@ import os
 import sys
 
 from .config import load_config
+from .preemption import note_requeue
 from .runner import plan_stage, run_shard, setup_process, unfinished_shards
 from .slurm_env import task_rank
 
@@ -55,6 +56,7 @@ class ShardTask:
     def checkpoint(self, shard: int):
         import submitit
 
+        note_requeue()  # submitit requeues the task next and exits: a preemption, not a failure
         return submitit.helpers.DelayedSubmission(ShardTask(self.config_path, self.stage), shard)
 
 

@@ -39,3 +39,51 @@ def test_a_rerun_that_would_reshard_is_refused(tmp_path):
     man.write_plan(4, {"n_prompts": 32, "shard_size": 8})  # the same plan again is fine
     with pytest.raises(PlanMismatchError, match="changed: n_prompts, shard_size"):
         man.write_plan(8, {"n_prompts": 32, "shard_size": 4} | {"n_prompts": 64})
+
+
+def test_a_preemption_is_an_attempt_but_not_a_failure(tmp_path):
+    man = StageManifest(tmp_path / "m", 1, "responses")
+    for _ in range(5):  # preempted five times, each time requeued
+        man.mark_running(0)
+        man.mark_preempted(0, "SystemExit: -1")
+    st = man.get(0)
+    assert (st.state, st.attempt, st.failures) == ("pending", 5, 0)
+    assert [h["state"] for h in st.history] == ["preempted"] * 5
+    man.mark_running(0)
+    man.mark_failed(0, RuntimeError("out of memory"))
+    man.mark_pending(0, "job 7_0 left the queue while running", failed=True)
+    assert man.get(0).failures == 2 and man.get(0).attempt == 6
+
+
+def test_queueing_a_job_never_undoes_what_its_task_already_wrote(tmp_path):
+    """submit records the job id sbatch gave it after the array is queued; by then a task may
+    have started or even finished the shard."""
+    man = StageManifest(tmp_path / "m", 1, "judge")
+    info = write_jsonl(tmp_path / "out.jsonl", [{"x": 1}])
+    man.mark_running(0)
+    man.mark_done(0, info)
+    man.mark_running(1)
+    man.mark_queued(0, "41_0")
+    man.mark_queued(1, "41_1")
+    assert man.verified_output(man.get(0)) == info and man.get(1).state == "running"
+    assert (man.queued_job(0), man.queued_job(1), man.queued_job(2)) == ("41_0", "41_1", "")
+
+
+def test_triage_counts_failures_not_preemptions_against_the_retry_limit(tmp_path):
+    from srlm_hpc.launch.slurm import StageSubmission, triage
+
+    man = StageManifest(tmp_path / "m", 1, "judge")
+    man.write_plan(5, {})
+    for _ in range(4):  # shard 0: preempted four times, never failed
+        man.mark_running(0)
+        man.mark_preempted(0, "requeued")
+    for _ in range(3):  # shard 1: failed three times
+        man.mark_running(1)
+        man.mark_failed(1, ValueError("bad"))
+    man.mark_queued(2, "50_2")  # shard 2: queued, its job still in the queue
+    man.mark_running(3)  # shard 3: its job vanished while running it
+    sub = StageSubmission("judge", 5, 0)
+    to_submit = triage(man, [0, 1, 2, 3, 4], {"50_2": "PENDING"}, 3, sub)
+    assert to_submit == [0, 3, 4] and sub.exhausted == [1] and sub.in_queue == {2: "50_2"}
+    st = man.get(3)
+    assert (st.state, st.failures) == ("pending", 1) and "left the queue" in st.error

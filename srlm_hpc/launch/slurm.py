@@ -4,8 +4,9 @@ For each stage, in order: plan it, find the shards without a verified output, le
 those whose job is still in the queue, and submit one array job for the rest, depending
 on the previous stage's jobs. Rerunning after any failure submits only what is missing.
 
-A shard that has used up slurm.max_retries attempts is not resubmitted: submit reports
-it, and the stages after it are not queued, since they could not start.
+A shard that has failed slurm.max_retries times (an error, or its job vanished while
+running it; preemptions and requeues do not count) is not resubmitted: submit reports it,
+and the stages after it are not queued, since they could not start.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Config
+from ..manifest import StageManifest
 from ..runner import plan_stage, unfinished_shards
 from .resources import stage_resources
 from ..worker import ShardTask
@@ -64,22 +66,32 @@ def make_executor(cfg: Config, stage: str, dependency: list[str]):
     return executor
 
 
+def triage(man: StageManifest, todo: list[int], queue: dict[str, str], max_retries: int, sub: StageSubmission) -> list[int]:
+    """Sort unfinished shards into sub.in_queue (a job for it is still queued or running),
+    sub.exhausted (failed max_retries times) and the returned list, to submit now."""
+    to_submit = []
+    for shard in todo:
+        st = man.get(shard)
+        live = next((j for j in (st.job_id, man.queued_job(shard)) if j and j in queue), "")
+        if live:
+            sub.in_queue[shard] = live
+            continue
+        if st.state == "running":  # its job left the queue without finishing: a dead node, a kill
+            st = man.mark_pending(shard, f"job {st.job_id} left the queue while running (attempt {st.attempt})",
+                                  failed=True)
+        if st.failures >= max_retries:
+            sub.exhausted.append(shard)
+        else:
+            to_submit.append(shard)
+    return to_submit
+
+
 def submit_stage(cfg: Config, config_path: Path, stage: str, dependency: list[str],
                  queue: dict[str, str]) -> StageSubmission:
     man, n_shards = plan_stage(cfg, stage)
     todo = unfinished_shards(man, n_shards)
     sub = StageSubmission(stage, n_shards, n_shards - len(todo))
-    to_submit = []
-    for shard in todo:
-        st = man.get(shard)
-        if st.job_id in queue:
-            sub.in_queue[shard] = st.job_id
-        elif st.attempt >= cfg.slurm.max_retries:
-            sub.exhausted.append(shard)
-        else:
-            if st.state == "running":  # its job left the queue without finishing: a dead node, a kill
-                man.mark_pending(shard, f"job {st.job_id} left the queue while running (attempt {st.attempt})")
-            to_submit.append(shard)
+    to_submit = triage(man, todo, queue, cfg.slurm.max_retries, sub)
     if to_submit:
         executor = make_executor(cfg, stage, dependency)
         jobs = executor.map_array(ShardTask(str(config_path), stage), to_submit)

@@ -107,7 +107,8 @@ def run_shard(cfg: Config, shard: int) -> FileInfo | None:
     train(policy, plan_, d.micro_batch_size, micro_step, lr=d.lr, min_lr=d.min_lr, warmup=d.warmup_steps,
           weight_decay=0.0, grad_clip=d.grad_clip, stage_dir=cfg.stage_dir(STAGE),
           seed=shard_seed(cfg.run.seed, cfg.run.iter, STAGE, shard),
-          checkpoint_every=d.checkpoint_every or max(1, len(plan_) // 4), desc="dpo",
+          checkpoint_every=d.checkpoint_every or max(1, len(plan_) // 4),
+          checkpoint_minutes=d.checkpoint_minutes, desc="dpo",
           **train_backend_options(cfg, d))
     if rank != 0:
         return None  # rank 0 holds the full weights, saves them and owns the manifest entry

@@ -78,7 +78,8 @@ def run_shard(cfg: Config, shard: int) -> FileInfo | None:
     train(model, plan_, s.micro_batch_size, micro_step, lr=s.lr, min_lr=s.min_lr, warmup=s.warmup_steps,
           weight_decay=s.weight_decay, grad_clip=s.grad_clip, stage_dir=stage_dir,
           seed=shard_seed(cfg.run.seed, cfg.run.iter, STAGE, shard),
-          checkpoint_every=s.checkpoint_every or max(1, len(plan_) // 4), desc="sft",
+          checkpoint_every=s.checkpoint_every or max(1, len(plan_) // 4),
+          checkpoint_minutes=s.checkpoint_minutes, desc="sft",
           **train_backend_options(cfg, s))
     if rank != 0:
         return None  # rank 0 holds the full weights, saves them and owns the manifest entry

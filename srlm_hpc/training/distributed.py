@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 from ..files import atomic_write_json, read_json
 from ..slurm_env import first_host, slurm_port
-from .loop import cosine_lr, micro_seed, write_log
+from ..preemption import Preempted, deferred_signals
+from .loop import CheckpointClock, cosine_lr, micro_seed, write_log
 
 MARKER = "srlm_state.json"  # written last into a checkpoint folder: the folder is complete
 TAG_PREFIX = "step-"
@@ -154,8 +155,8 @@ class _MicroStep(torch.nn.Module):
 
 def train_deepspeed(model, plan: list[list[int]], micro_batch_size: int, micro_step: Callable, *, lr: float,
                     min_lr: float, warmup: int, weight_decay: float, grad_clip: float, stage_dir: Path,
-                    seed: int = 0, checkpoint_every: int = 0, stop_after: int | None = None, desc: str = "train",
-                    zero_stage: int = 2, offload_optimizer: bool = False, offload_params: bool = False,
+                    seed: int = 0, checkpoint_every: int = 0, checkpoint_minutes: float = 0.0,
+                    stop_after: int | None = None, desc: str = "train", zero_stage: int = 2, offload_optimizer: bool = False, offload_params: bool = False,
                     bf16: bool = False) -> list[dict]:
     """loop.train on every rank of the process group (init_distributed). Returns the same log
     on every rank; rank 0 writes <stage_dir>/train_log.jsonl. On return rank 0's `model` holds
@@ -180,34 +181,54 @@ def train_deepspeed(model, plan: list[list[int]], micro_batch_size: int, micro_s
     engine, *_ = deepspeed.initialize(model=_MicroStep(model), optimizer=optimizer, config=config)
     ckpt_dir = Path(stage_dir) / "checkpoint"
     start, log = load_checkpoint(engine, ckpt_dir, world, zero_stage)
+    if start and rank == 0:
+        print(f"[{desc}] resumed from the checkpoint of step {start} of {len(plan)} ({world} ranks)", flush=True)
     log_path = Path(stage_dir) / "train_log.jsonl"
     engine.train()
     total = len(plan)
     bar = tqdm(range(start, total), desc=desc, initial=start, total=total, unit="step", disable=rank != 0)
-    for step in bar:
-        t0 = time.time()
-        for group in engine.optimizer.param_groups:
-            group["lr"] = cosine_lr(step, total, lr, min_lr, warmup)
-        metrics = _accumulate(engine, micro_step, plan[step], micro_batch_size, rank, world, seed, step)
-        engine.step()
-        entry = {"step": step, "lr": engine.optimizer.param_groups[0]["lr"], "seconds": round(time.time() - t0, 3),
-                 **{k: round(v, 6) for k, v in metrics.items()}}
-        if grad_clip > 0:
-            entry["grad_norm"] = round(float(engine.get_global_grad_norm()), 6)
-        log.append(entry)
-        bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}")
-        done = step + 1
-        if checkpoint_every and (done % checkpoint_every == 0 or done == total):
-            save_checkpoint(engine, ckpt_dir, done, log, world, zero_stage)
-            if rank == 0:
-                write_log(log_path, log)
-        if stop_after is not None and done >= stop_after:
-            break
-    if rank == 0:
-        write_log(log_path, log)
+    clock, done, signalled = CheckpointClock(checkpoint_every, total, checkpoint_minutes), start, False
+    with deferred_signals() as signals:
+        for step in bar:
+            t0 = time.time()
+            for group in engine.optimizer.param_groups:
+                group["lr"] = cosine_lr(step, total, lr, min_lr, warmup)
+            metrics = _accumulate(engine, micro_step, plan[step], micro_batch_size, rank, world, seed, step)
+            engine.step()
+            entry = {"step": step, "lr": engine.optimizer.param_groups[0]["lr"], "seconds": round(time.time() - t0, 3),
+                     **{k: round(v, 6) for k, v in metrics.items()}}
+            if grad_clip > 0:
+                entry["grad_norm"] = round(float(engine.get_global_grad_norm()), 6)
+            log.append(entry)
+            bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}")
+            done = step + 1
+            # The save is collective: every rank must take the same decision, though the
+            # signal may reach one rank a step before another and clocks differ.
+            signalled, due = _any_rank(bool(signals), clock.due(done, bool(signals)))
+            if due:
+                save_checkpoint(engine, ckpt_dir, done, log, world, zero_stage)
+                if rank == 0:
+                    write_log(log_path, log)
+                clock.saved()
+            if signalled or (stop_after is not None and done >= stop_after):
+                break
+        if rank == 0:
+            write_log(log_path, log)
+    if signalled and done < total:
+        raise Preempted(f"rank {rank}: stopped after step {done} of {total} on a preemption signal "
+                        f"({signals.names() or 'received by another rank'}); a rerun resumes from the last checkpoint")
     _full_weights_on_rank0(engine, model, dtype, zero_stage, bf16, frozen)
     model.eval()
     return log
+
+
+def _any_rank(*flags: bool) -> tuple[bool, ...]:
+    """Each flag, true when it is true on any rank."""
+    import torch.distributed as dist
+
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, flags)
+    return tuple(any(g[i] for g in gathered) for i in range(len(flags)))
 
 
 def _accumulate(engine, micro_step: Callable, batch: list[int], micro_batch_size: int, rank: int, world: int,

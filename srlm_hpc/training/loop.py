@@ -3,7 +3,9 @@
 The batch order is a pure function of (seed, epoch), so a run resumed from a checkpoint at
 step s sees exactly the batches an uninterrupted run sees from step s on: no sample is
 skipped or repeated. A checkpoint holds model, optimizer, step and RNG state, written
-atomically into <stage_dir>/checkpoint. Dropout is seeded per (step, micro-batch), so its
+atomically into <stage_dir>/checkpoint: every `checkpoint_every` steps, every
+`checkpoint_minutes` (so a step budget longer than a job's time limit still makes
+progress), and at a preemption signal, after the step in flight (srlm_hpc/preemption.py). Dropout is seeded per (step, micro-batch), so its
 masks depend neither on what ran before nor on how many ranks share a batch.
 
 backend="deepspeed" runs the same loop data-parallel on DeepSpeed ZeRO (distributed.py).
@@ -24,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from ..files import atomic_open, replace_dir
+from ..preemption import Preempted, deferred_signals
 
 
 def batch_plan(n_examples: int, batch_size: int, epochs: int, seed: int) -> list[list[int]]:
@@ -47,6 +50,29 @@ def micro_seed(seed: int, step: int, micro: int) -> int:
     """The torch seed of micro-batch `micro` of optimizer step `step` (63 bits of a hash)."""
     digest = hashlib.sha256(f"{seed}-{step}-{micro}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
+
+
+class CheckpointClock:
+    """When to save: every `every` steps and after the last (every=0: never), whenever
+    `minutes` have passed since the last save (0: steps only), and on a noted signal."""
+
+    def __init__(self, every: int, total: int, minutes: float = 0.0):
+        self.every, self.total, self.seconds = every, total, minutes * 60
+        self.last = time.monotonic()
+
+    def due(self, done: int, signalled: bool = False) -> bool:
+        if not self.every:
+            return False
+        late = self.seconds > 0 and time.monotonic() - self.last >= self.seconds
+        return signalled or late or done % self.every == 0 or done == self.total
+
+    def saved(self) -> None:
+        self.last = time.monotonic()
+
+
+def stopped_early(signals, done: int, total: int) -> Preempted:
+    return Preempted(f"stopped after step {done} of {total} on {signals.names()}; a rerun resumes from the "
+                     f"last checkpoint")
 
 
 def save_checkpoint(ckpt_dir: Path, model, optimizer, step: int, log: list[dict]) -> None:
@@ -75,8 +101,8 @@ def load_checkpoint(ckpt_dir: Path, model, optimizer) -> tuple[int, list[dict]]:
 
 def train(model, plan: list[list[int]], micro_batch_size: int, micro_step: Callable, *, lr: float,
           min_lr: float, warmup: int, weight_decay: float, grad_clip: float, stage_dir: Path,
-          seed: int = 0, checkpoint_every: int = 0, stop_after: int | None = None, desc: str = "train",
-          backend: str = "torch", zero_stage: int = 2, offload_optimizer: bool = False,
+          seed: int = 0, checkpoint_every: int = 0, checkpoint_minutes: float = 0.0,
+          stop_after: int | None = None, desc: str = "train", backend: str = "torch", zero_stage: int = 2, offload_optimizer: bool = False,
           offload_params: bool = False, bf16: bool = False) -> list[dict]:
     """Run the plan. `micro_step(indices, batch_indices) -> (loss_tensor, metrics)` returns the
     micro-batch's share of the batch loss, already divided by the batch's normaliser.
@@ -88,7 +114,8 @@ def train(model, plan: list[list[int]], micro_batch_size: int, micro_step: Calla
 
         return train_deepspeed(model, plan, micro_batch_size, micro_step, lr=lr, min_lr=min_lr, warmup=warmup,
                                weight_decay=weight_decay, grad_clip=grad_clip, stage_dir=stage_dir, seed=seed,
-                               checkpoint_every=checkpoint_every, stop_after=stop_after, desc=desc,
+                               checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes,
+                               stop_after=stop_after, desc=desc,
                                zero_stage=zero_stage, offload_optimizer=offload_optimizer,
                                offload_params=offload_params, bf16=bf16)
     if backend != "torch":
@@ -104,38 +131,46 @@ def train(model, plan: list[list[int]], micro_batch_size: int, micro_step: Calla
     torch.manual_seed(seed)
     random.seed(seed)
     start, log = load_checkpoint(ckpt_dir, model, optimizer)
+    if start:
+        print(f"[{desc}] resumed from the checkpoint of step {start} of {len(plan)}", flush=True)
     log_path = stage_dir / "train_log.jsonl"
     model.train()
     total = len(plan)
     bar = tqdm(range(start, total), desc=desc, initial=start, total=total, unit="step")
-    for step in bar:
-        t0 = time.time()
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, total, lr, min_lr, warmup)
-        batch = plan[step]
-        metrics: dict[str, float] = {}
-        for j, i in enumerate(range(0, len(batch), micro_batch_size)):
-            torch.manual_seed(micro_seed(seed, step, j))
-            loss, m = micro_step(batch[i:i + micro_batch_size], batch)
-            loss.backward()
-            for k, v in m.items():
-                metrics[k] = metrics.get(k, 0.0) + v
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip > 0 else None
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        entry = {"step": step, "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - t0, 3),
-                 **{k: round(v, 6) for k, v in metrics.items()}}
-        if grad_norm is not None:
-            entry["grad_norm"] = round(float(grad_norm), 6)
-        log.append(entry)
-        bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}")
-        done = step + 1
-        if checkpoint_every and (done % checkpoint_every == 0 or done == total):
-            save_checkpoint(ckpt_dir, model, optimizer, done, log)
-            write_log(log_path, log)
-        if stop_after is not None and done >= stop_after:
-            break
-    write_log(log_path, log)
+    clock, done = CheckpointClock(checkpoint_every, total, checkpoint_minutes), start
+    with deferred_signals() as signals:
+        for step in bar:
+            t0 = time.time()
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(step, total, lr, min_lr, warmup)
+            batch = plan[step]
+            metrics: dict[str, float] = {}
+            for j, i in enumerate(range(0, len(batch), micro_batch_size)):
+                torch.manual_seed(micro_seed(seed, step, j))
+                loss, m = micro_step(batch[i:i + micro_batch_size], batch)
+                loss.backward()
+                for k, v in m.items():
+                    metrics[k] = metrics.get(k, 0.0) + v
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip > 0 else None
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            entry = {"step": step, "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - t0, 3),
+                     **{k: round(v, 6) for k, v in metrics.items()}}
+            if grad_norm is not None:
+                entry["grad_norm"] = round(float(grad_norm), 6)
+            log.append(entry)
+            bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}")
+            done = step + 1
+            if clock.due(done, bool(signals)):
+                save_checkpoint(ckpt_dir, model, optimizer, done, log)
+                write_log(log_path, log)
+                clock.saved()
+            if signals or (stop_after is not None and done >= stop_after):
+                break
+        write_log(log_path, log)
+    # Reached after a signal only if its own handler let the process go on.
+    if signals and done < total:
+        raise stopped_early(signals, done, total)
     model.eval()
     return log
 

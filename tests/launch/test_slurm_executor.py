@@ -103,8 +103,11 @@ def test_partition_preemption_mid_stage(slurm, tmp_path, tiny_llama, reference):
     high = slurm.sbatch("--partition=high", "--cpus-per-task=8", "--output=/dev/null", "--wrap=sleep 4")
     slurm.wait_final(high, timeout=120)
     finish(work)
-    attempts = [s.attempt for s in manifest(work, "responses").states(4)]
+    states = manifest(work, "responses").states(4)
+    attempts = [s.attempt for s in states]
     assert max(attempts) >= 2, f"no responses shard was interrupted: attempts {attempts}"
+    assert all(s.failures == 0 for s in states)  # preemptions do not count against max_retries
+    assert any(h["state"] == "preempted" for s in states for h in s.history)
     assert outputs(work) == reference
 
 
@@ -115,7 +118,8 @@ def test_scontrol_requeue_mid_stage(slurm, tmp_path, tiny_llama, reference):
     job = next(s.job_id for s in manifest(work, "responses").states(4) if s.state == "running")
     slurm.run(["scontrol", "requeue", job.split("_")[0]])
     finish(work)
-    assert max(s.attempt for s in manifest(work, "responses").states(4)) >= 2
+    states = manifest(work, "responses").states(4)
+    assert max(s.attempt for s in states) >= 2 and all(s.failures == 0 for s in states)
     assert outputs(work) == reference
 
 
@@ -133,7 +137,9 @@ def test_sigkill_of_a_task_then_rerun(slurm, tmp_path, tiny_llama, reference):
     assert counts["responses"]["done"] + counts["responses"]["stale"] + counts["responses"]["pending"] == 4
     finish(work)
     assert outputs(work) == reference
-    assert max(s.attempt for s in manifest(work, "responses").states(4)) == 2  # resubmitted once, not more
+    states = manifest(work, "responses").states(4)
+    assert max(s.attempt for s in states) == 2  # resubmitted once, not more
+    assert sorted(s.failures for s in states)[-1] == 1  # the killed task's job vanished: one failure
 
 
 def test_plain_sbatch_scripts_run_the_same_shards(slurm, tmp_path, tiny_llama, reference):

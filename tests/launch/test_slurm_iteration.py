@@ -4,6 +4,7 @@ command: every output equals the uninterrupted local run's, model weights includ
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -39,10 +40,12 @@ def test_whole_iteration_queued_at_once_preempted_and_rerun(slurm, tmp_path, tin
     jobs = queued_jobs()
     assert len({j.split("_")[0] for j in jobs}) == len(ORDER)  # one array job per stage, all queued at once
     root = build_config({"work_dir": str(tmp_path / "slurm" / "run")}).manifest_root
+    # Preempt once SFT is in its training loop, past its first step checkpoint (16 of 64 steps).
+    ckpt = tmp_path / "slurm" / "run" / "iter1" / "sft" / "checkpoint" / "state.pt"
     deadline = time.monotonic() + 300
-    while StageManifest(root, 1, "sft").get(0).state != "running" and time.monotonic() < deadline:
-        time.sleep(0.3)
-    time.sleep(2)
+    while not ckpt.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ckpt.exists(), "SFT never saved a checkpoint"
     high = slurm.sbatch("--partition=high", "--cpus-per-task=8", "--output=/dev/null", "--wrap=sleep 3")  # preempt SFT mid-training
     slurm.wait_final(high, timeout=120)
     for _ in range(3):  # the user's loop: rerun until it says everything is done
@@ -50,7 +53,13 @@ def test_whole_iteration_queued_at_once_preempted_and_rerun(slurm, tmp_path, tin
         if all(StageManifest(root, 1, s).counts()["done"] == StageManifest(root, 1, s).plan()["n_shards"]
                for s in ORDER):
             break
-    assert StageManifest(root, 1, "sft").get(0).attempt >= 2  # it was preempted and ran again
+    sft = StageManifest(root, 1, "sft").get(0)
+    assert sft.attempt >= 2 and sft.failures == 0  # preempted and run again; a preemption is not a failure
+    assert "preempted" in [h["state"] for h in sft.history], sft.history
+    # USR2 reached the training loop, which finished its step and saved before submitit
+    # requeued the job: the next attempt resumed from there instead of step 0.
+    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "slurm" / "run" / "logs").rglob("*.out"))
+    assert re.search(r"\[sft\] resumed from the checkpoint of step [1-9]", logs), "SFT restarted from step 0"
     got = stage_files(tmp_path / "slurm" / "run")
     assert sorted(got) == sorted(want)
     assert [k for k in want if got[k] != want[k]] == []
