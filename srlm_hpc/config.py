@@ -71,12 +71,12 @@ class PromptsConfig:
     top_p: float = 0.9
     max_tokens: int = 96
     oversample: float = 2.0  # candidates generated per kept prompt, before filtering
-    rouge_threshold: float = 0.7  # self-instruct's ROUGE-L near-duplicate cut
-    min_words: int = 3
+    rouge_threshold: float = 0.7  # self-instruct's cut: ROUGE-L above it is a near-duplicate
+    min_words: int = 4  # self-instruct drops instructions of 3 words or fewer
     max_words: int = 150
     blacklist: tuple[str, ...] = ("image", "images", "graph", "graphs", "picture", "pictures",
                                   "file", "files", "map", "maps", "draw", "plot", "go to", "video",
-                                  "audio", "flowchart", "diagram")  # self-instruct's list
+                                  "audio", "music", "flowchart", "diagram")  # self-instruct's list
     generator_model: str = ""  # empty: M_k itself (the paper used a fixed Llama 2-Chat 70B)
 
 

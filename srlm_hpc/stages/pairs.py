@@ -3,7 +3,7 @@
 SPEC.md step 4: ties between highest and lowest drop the prompt; so do prompts with fewer
 than `pairs.min_valid` scored responses. Among several equally top (or bottom) responses
 `pairs.tie_break` picks: the first, the one whose judge samples agree most (lowest
-variance), or the shortest (length control). Output, under <work_dir>/iter<k>/pairs/:
+variance), or by length (length control: the shortest chosen, the longest rejected). Output, under <work_dir>/iter<k>/pairs/:
 pairs-<NNNNN>.jsonl.zst (zstd JSON Lines with TRL's column names prompt, chosen, rejected,
 plus ids, scores, judge samples, token lengths and the iteration), stats.json, and
 index.json, the stage's output: files, record counts, sha256 and source shards of each.
@@ -34,13 +34,16 @@ def plan(cfg: Config) -> tuple[int, dict]:
     return 1, {"judge_shards": judge_plan(cfg)[0]}
 
 
-def _pick(candidates: list[Response], tie_break: str) -> Response:
+def _pick(candidates: list[Response], tie_break: str, side: str) -> Response:
     if tie_break == "first" or len(candidates) == 1:
         return candidates[0]
     if tie_break == "variance":
         return min(candidates, key=lambda r: score_variance(r.judge_scores))  # min keeps the first on ties
-    if tie_break == "shortest":
-        return min(candidates, key=lambda r: r.n_tokens)
+    if tie_break == "shortest":  # length control: the shortest chosen and the longest rejected, so
+        # ties never teach "longer is better" (the paper's length-growth concern)
+        if side == "chosen":
+            return min(candidates, key=lambda r: r.n_tokens)
+        return max(candidates, key=lambda r: r.n_tokens)
     raise ValueError(f"pairs.tie_break={tie_break!r}: expected 'first', 'variance' or 'shortest'")
 
 
@@ -58,8 +61,8 @@ def build_pair(rs: ResponseSet, iteration: int, tie_break: str = "first",
     lo = min(r.score for r in scored)
     if hi == lo:
         return None, "all_tied"
-    chosen = _pick([r for r in scored if r.score == hi], tie_break)
-    rejected = _pick([r for r in scored if r.score == lo], tie_break)
+    chosen = _pick([r for r in scored if r.score == hi], tie_break, "chosen")
+    rejected = _pick([r for r in scored if r.score == lo], tie_break, "rejected")
     # Scores as floats even when a judge record holds ints: `datasets` gives each file its own
     # Arrow schema and refuses to join an int64 column of one file with a double of another.
     return PairRecord(

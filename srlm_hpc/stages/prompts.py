@@ -73,7 +73,7 @@ def rejection_reason(candidate: str, kept_words: list[list[str]], cfg: Config) -
     lowered = f" {' '.join(w)} "
     if any(f" {kw.lower()} " in lowered for kw in p.blacklist):
         return "blacklist"
-    if any(rouge_l(w, k) >= p.rouge_threshold for k in kept_words):
+    if any(rouge_l(w, k) > p.rouge_threshold for k in kept_words):
         return "near_duplicate"
     return None
 

@@ -31,6 +31,15 @@ def test_single_valid_response_is_dropped():
     assert build_pair(rs([None] * 4), 1) == (None, "too_few_scored")
 
 
+def test_length_control_takes_the_shortest_chosen_and_the_longest_rejected():
+    case = rs([5.0, 5.0, 1.0, 1.0], lengths=[40, 12, 8, 30])
+    pair, _ = build_pair(case, 1, "shortest")
+    assert (pair.chosen, pair.rejected) == ("text1", "text3")
+    assert pair.chosen_tokens < pair.rejected_tokens  # a tie never rewards length
+    first, _ = build_pair(case, 1, "first")
+    assert (first.chosen, first.rejected) == ("text0", "text2")
+
+
 def test_tie_break_among_several_top_scores():
     case = rs([5.0, 5.0, 5.0, 1.0], lengths=[30, 20, 10, 5])
     assert build_pair(case, 1, "first")[0].chosen == "text0"
