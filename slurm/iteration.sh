@@ -7,7 +7,7 @@
 # that stage's unfinished shards, depending (afterok) on the previous stage's job. Rerun
 # the same command after a failure: finished shards are skipped. Jobs already queued for
 # a shard are not resubmitted only when you use submit (it tracks job ids); here, cancel
-# stale jobs (`scancel -n srlm-<stage>`) before rerunning.
+# stale jobs (`scancel -n srlm-<script>`, e.g. srlm-merge for the pairs stage) before rerunning.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 export SRLM_HOME="${SRLM_HOME:-$(dirname "$here")}"
