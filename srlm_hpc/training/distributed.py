@@ -33,8 +33,8 @@ from tqdm import tqdm
 
 from ..files import atomic_write_json, read_json
 from ..slurm_env import first_host, slurm_port
-from ..preemption import Preempted, deferred_signals
-from .loop import CheckpointClock, cosine_lr, micro_seed, write_log
+from ..preemption import deferred_signals
+from .loop import CheckpointClock, cosine_lr, micro_seed, stopped_early, write_log
 
 MARKER = "srlm_state.json"  # written last into a checkpoint folder: the folder is complete
 TAG_PREFIX = "step-"
@@ -215,8 +215,7 @@ def train_deepspeed(model, plan: list[list[int]], micro_batch_size: int, micro_s
         if rank == 0:
             write_log(log_path, log)
     if signalled and done < total:
-        raise Preempted(f"rank {rank}: stopped after step {done} of {total} on a preemption signal "
-                        f"({signals.names() or 'received by another rank'}); a rerun resumes from the last checkpoint")
+        raise stopped_early(signals, done, total, who=f"rank {rank}: ")
     _full_weights_on_rank0(engine, model, dtype, zero_stage, bf16, frozen)
     model.eval()
     return log

@@ -70,8 +70,11 @@ class CheckpointClock:
         self.last = time.monotonic()
 
 
-def stopped_early(signals, done: int, total: int) -> Preempted:
-    return Preempted(f"stopped after step {done} of {total} on {signals.names()}; a rerun resumes from the "
+def stopped_early(signals, done: int, total: int, who: str = "") -> Preempted:
+    """The error of a loop that stopped at a step boundary on a signal; `who` names the rank
+    (whose own `signals` may be empty when another rank received it)."""
+    return Preempted(f"{who}stopped after step {done} of {total} on "
+                     f"{signals.names() or 'a signal another rank received'}; a rerun resumes from the "
                      f"last checkpoint")
 
 
