@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -47,9 +48,23 @@ def test_deepspeed_training_has_one_rank_per_gpu_across_nodes():
     assert stage_resources(cpu, "sft") == Resources(nodes=1, tasks_per_node=2, gpus_per_node=0, cpus_per_task=2)
 
 
-def test_submitit_writes_the_layout_into_its_sbatch_file(tmp_path):
+def stub_srun_on_path(tmp_path, monkeypatch):
+    """submitit's SlurmExecutor refuses to exist unless `srun` is on PATH, though rendering an
+    sbatch file never runs it. A stub that would fail if called keeps this test the same on a
+    machine that has never had Slurm and on one where the cluster fixture installed it."""
+    bin_dir = tmp_path / "stub-bin"
+    bin_dir.mkdir()
+    srun = bin_dir / "srun"
+    srun.write_text("#!/bin/sh\necho 'stub srun (tests/launch/test_resources.py): never run' >&2\nexit 1\n")
+    srun.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ.get('PATH', '')}")
+
+
+def test_submitit_writes_the_layout_into_its_sbatch_file(tmp_path, monkeypatch):
     submitit = pytest.importorskip("submitit")
     from srlm_hpc.launch.slurm import make_executor
+
+    stub_srun_on_path(tmp_path, monkeypatch)
 
     cfg = cfg_with(work_dir=tmp_path, **{"vllm.tensor_parallel_size": 4, "vllm.pipeline_parallel_size": 2,
                                          "slurm.partition": "gpu"})
