@@ -23,6 +23,17 @@ def test_corpus_covers_the_forms_spec_lists():
     assert any(c["expected"] is None for c in CORPUS) and sum(c["text"].count("Score:") > 1 for c in CORPUS) >= 2
 
 
+PARSER_CLASSES = ("numberless_last_label", "word_ending_in_score", "arithmetic_after_label")
+
+
+@pytest.mark.parametrize("cls", PARSER_CLASSES)
+def test_corpus_has_several_forms_of_each_class(cls):
+    """The classes issue 12 found read wrong: each needs several forms, both outcomes where they exist."""
+    cases = [c for c in CORPUS if c.get("class") == cls]
+    assert len(cases) >= 5, cls
+    assert any(c["expected"] is None for c in cases) and any(c["expected"] is not None for c in cases), cls
+
+
 @pytest.mark.parametrize("text,expected", [
     ("The response earns 2 points. Score: 2", 2.0),
     ("Score: 1 for relevance... Score: 4", 4.0),  # the last label is the verdict
