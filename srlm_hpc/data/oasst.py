@@ -411,13 +411,22 @@ def rebalance(examples: list[dict], seed: int, key: str = "score") -> list[dict]
 
 def sft_rows(examples: list[dict], lang: str = "en") -> list[dict]:
     """{"prompt", "response"} examples as oasst1 message rows (a root and its rank-0 reply),
-    the format `load_seed` and the sft stage read. Ids are uuid5 of the text: a rerun is identical."""
+    the format `load_seed` and the sft stage read. Each example is a tree of its own, keyed by
+    its source tree ("tree_id": IFT), else its own id ("id": an EFT reply), else its position
+    and prompt: two trees with the same prompt text stay two examples. Ids are uuid5 of that
+    key: a rerun is identical."""
     rows = []
     common = {"user_id": None, "created_date": None, "lang": lang, "review_count": 0, "review_result": True,
               "deleted": False, "synthetic": True, "model_name": None, "detoxify": None,
               "tree_state": "ready_for_export", "emojis": None, "labels": None}
-    for ex in examples:
-        root = str(uuid.uuid5(uuid.NAMESPACE_URL, "srlm-sft-p/" + ex["prompt"]))
+    seen: dict[str, int] = {}
+    for i, ex in enumerate(examples):
+        key = _example_key(ex, i)
+        if key in seen:
+            raise ValueError(f"sft_rows: examples {seen[key]} and {i} share the key {key!r} (tree_id, else id): "
+                             f"one tree would be lost; each example needs its own")
+        seen[key] = i
+        root = str(uuid.uuid5(uuid.NAMESPACE_URL, "srlm-sft-p/" + key))
         reply = str(uuid.uuid5(uuid.NAMESPACE_URL, f"srlm-sft-r/{root}/{ex['response']}"))
         for mid, parent, text, role, rank in ((root, None, ex["prompt"], "prompter", None),
                                               (reply, root, ex["response"], "assistant", 0)):
@@ -425,6 +434,14 @@ def sft_rows(examples: list[dict], lang: str = "en") -> list[dict]:
                    "message_tree_id": root}
             rows.append({f: row[f] for f in OASST_FIELDS})
     return rows
+
+
+def _example_key(ex: dict, index: int) -> str:
+    if ex.get("tree_id"):
+        return f"tree/{ex['tree_id']}"
+    if ex.get("id"):
+        return f"id/{ex['id']}"
+    return f"index/{index}/{ex['prompt']}"
 
 
 def print_counts(title: str, counts: dict[str, int], file=None) -> None:

@@ -237,6 +237,26 @@ def test_sft_rows_round_trip_through_load_seed(tmp_path):
     assert sft_rows(examples) == sft_rows(examples)
 
 
+def test_sft_rows_keep_two_trees_with_the_same_prompt(tmp_path):
+    """Issue 12: ids derived from the prompt text made two such trees one; one reply came back twice."""
+    from tests.conftest import oasst_rows
+
+    rows = oasst_rows([("What is 2+2?", "Four."), ("What is 2+2?", "It is 4."), ("Name a colour.", "Red.")], "dup")
+    split = split_oasst(first_turns(rows)[0], seed=1, ift_size=10)
+    assert len(split["ift"]) == 3
+    write_jsonl(tmp_path / "ift.jsonl", sft_rows(split["ift"]))
+    back = load_seed("ift", tmp_path / "ift.jsonl")
+    assert sorted((p["prompt"], p["response"]) for p in back) == sorted(
+        [("What is 2+2?", "Four."), ("What is 2+2?", "It is 4."), ("Name a colour.", "Red.")])
+    assert len({p["tree_id"] for p in back}) == 3
+    # EFT examples carry only their reply's id: the same judge prompt twice is two examples too
+    eft = [{"id": "r1", "prompt": "judge X", "response": "Score: 3"}, {"id": "r2", "prompt": "judge X", "response": "Score: 4"}]
+    write_jsonl(tmp_path / "eft.jsonl", sft_rows(eft))
+    assert sorted(p["response"] for p in load_seed("eft", tmp_path / "eft.jsonl")) == ["Score: 3", "Score: 4"]
+    with pytest.raises(ValueError, match="share the key 'tree/t1'"):
+        sft_rows([{"tree_id": "t1", "prompt": "a", "response": "b"}, {"tree_id": "t1", "prompt": "c", "response": "d"}])
+
+
 def test_cli_writes_the_split_and_prints_counts(tmp_path, capsys):
     src = write_lines(tmp_path / "m.jsonl", official_rows())
     assert oasst.main([f"source={src}", f"out={tmp_path / 'out'}", "ift_size=8", "split_seed=7"]) == 0
