@@ -35,6 +35,7 @@ class RunConfig:
     device: str = "auto"  # auto: cuda when available, else cpu
     threads: int = 0  # torch CPU threads; 0 = all cores the job may use
     wait: bool = False  # executor=slurm: block until the queued jobs have left the queue
+    debug: bool = False  # errors print their full traceback instead of one line
 
 
 @dataclass(frozen=True)
@@ -379,7 +380,7 @@ def build_config(overrides: dict[str, object] | None = None, base: Config | None
     for key, raw in (overrides or {}).items():
         where = _resolve_key(key)
         if where is None:
-            problems.append(f"unknown key {key!r}; valid keys: {', '.join(_valid_keys())}")
+            problems.append(unknown_key_message(key))
             continue
         section, name = where
         tp = _field_types(_sections()[section])[name]
@@ -394,30 +395,119 @@ def build_config(overrides: dict[str, object] | None = None, base: Config | None
     return _validate(cfg)
 
 
-def _validate(cfg: Config) -> Config:
+def unknown_key_message(key: str) -> str:
+    """One line: the key, the closest valid ones (difflib), and where the full list is."""
+    import difflib
+
+    valid = _valid_keys()
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+    if not close and "." in key:  # a misspelt section with a right name: respones.n -> responses.n
+        name = key.split(".", 1)[1]
+        close = difflib.get_close_matches(key, [k for k in valid if k.endswith("." + name)], n=3, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return f"unknown key {key!r}{hint} (`python -m srlm_hpc.submit --help` lists every key)"
+
+
+# The values each numeric key accepts, as intervals: "[1, inf)" is >= 1, "(0, inf)" is > 0.
+# Checked after every override; every violation is listed in one message. Why some bounds:
+# slurm.heartbeat_s below 1 s makes a thousand array tasks write the manifest thousands of
+# times a second; slurm.max_retries=0 would never submit anything; pairs.min_valid below 2
+# cannot make a pair; zstd has levels 1-22; a dropout or heldout fraction of 1 drops everything.
+BOUNDS: dict[str, str] = {
+    "iter": "[1, inf)", "seed": "[0, inf)", "threads": "[0, inf)",
+    **{f"{s}.{k}": v for s in ("sft", "dpo") for k, v in {
+        "lr": "(0, inf)", "min_lr": "[0, inf)", "warmup_steps": "[0, inf)", "batch_size": "[1, inf)",
+        "micro_batch_size": "[1, inf)", "epochs": "[1, inf)", "max_len": "[2, inf)", "dropout": "[0, 1)",
+        "grad_clip": "[0, inf)", "checkpoint_every": "[0, inf)", "checkpoint_minutes": "[0, inf)"}.items()},
+    "sft.weight_decay": "[0, inf)", "sft.freeze_layers": "[0, inf)", "dpo.beta": "(0, inf)",
+    **{f"{s}.{k}": v for s in ("prompts", "responses", "judge") for k, v in {
+        "temperature": "[0, inf)", "top_p": "(0, 1]", "max_tokens": "[1, inf)", "shard_size": "[1, inf)"}.items()},
+    "prompts.n_prompts": "[1, inf)", "prompts.n_shot_ift": "[0, inf)", "prompts.n_shot_generated": "[0, inf)",
+    "prompts.oversample": "[1, inf)", "prompts.rouge_threshold": "[0, 1]", "prompts.min_words": "[0, inf)",
+    "prompts.max_words": "[1, inf)",
+    "responses.batch_size": "[1, inf)",  # responses.n >= 2 is checked below, with its reason
+    "judge.k": "[1, inf)", "judge.batch_size": "[1, inf)",
+    "pairs.min_valid": "[2, inf)", "pairs.records_per_file": "[1, inf)", "pairs.zstd_level": "[1, 22]",
+    "pairs.zstd_threads": "[-1, inf)",
+    "ref_logps.shard_size": "[1, inf)", "ref_logps.micro_batch_size": "[1, inf)", "ref_logps.chunk_size": "[1, inf)",
+    "eval.split_seed": "[0, inf)", "eval.ift_size": "[1, inf)", "eval.heldout_frac": "[0, 1)",
+    "eval.max_rm_prompts": "[0, inf)", "eval.max_h2h_prompts": "[0, inf)", "eval.shard_size": "[1, inf)",
+    "eval.batch_size": "[1, inf)", "eval.compare_temperature": "[0, inf)", "eval.compare_max_tokens": "[1, inf)",
+    "eft.max_prompts": "[1, inf)", "eft.shard_size": "[1, inf)", "eft.batch_size": "[1, inf)",
+    "vllm.tensor_parallel_size": "[1, inf)", "vllm.pipeline_parallel_size": "[1, inf)",
+    "vllm.gpu_memory_utilization": "(0, 1]", "vllm.kv_cache_gb": "[0, inf)", "vllm.max_model_len": "[0, inf)",
+    "slurm.time_min": "[1, inf)", "slurm.cpus_per_task": "[1, inf)", "slurm.gpus_per_task": "[0, inf)",
+    "slurm.mem_gb": "[0, inf)", "slurm.array_parallelism": "[1, inf)", "slurm.max_retries": "[1, inf)",
+    "slurm.heartbeat_s": "[1, inf)", "slurm.stale_after_s": "(0, inf)", "slurm.train_nodes": "[1, inf)",
+    "slurm.train_gpus_per_node": "[0, inf)", "slurm.train_tasks_per_node": "[1, inf)",
+}
+BOUND_REASONS = {
+    "prompts.n_prompts": "zero prompts is a plan with no work",
+    "slurm.max_retries": "0 would never submit a shard",
+    "slurm.heartbeat_s": "faster beats flood the shared filesystem with manifest writes",
+    "pairs.min_valid": "a pair needs two scored responses",
+    "pairs.zstd_level": "zstd's levels",
+}
+RUN_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"  # `run` names a directory under the manifest root: no '/', no '..'
+
+
+def within(value: float, interval: str) -> bool:
+    lo_text, hi_text = (x.strip() for x in interval[1:-1].split(","))
+    lo, hi = float(lo_text), float(hi_text)
+    above = value > lo if interval[0] == "(" else value >= lo
+    below = value < hi if interval[-1] == ")" else value <= hi
+    return above and below
+
+
+def describe(interval: str) -> str:
+    """'[1, inf)' -> '>= 1'; '(0, 1]' -> 'in (0, 1]'."""
+    lo, hi = (x.strip() for x in interval[1:-1].split(","))
+    if hi == "inf":
+        return (">= " if interval[0] == "[" else "> ") + lo
+    return "in " + interval
+
+
+def _value(cfg: Config, key: str):
+    section, name = _resolve_key(key) or (None, None)
+    return None if section is None else getattr(getattr(cfg, section), name)
+
+
+def bound_problems(cfg: Config) -> list[str]:
+    """Every numeric value outside BOUNDS or not finite (nan, inf), and a bad run name."""
+    import math
+    import re
+
     problems = []
-    if cfg.run.iter < 1:
-        problems.append(f"iter={cfg.run.iter}: expected an integer >= 1")
+    for key in _valid_keys():
+        value = _value(cfg, key)
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{key}={value}: expected a finite number")
+        elif key in BOUNDS and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and not within(value, BOUNDS[key]):
+            why = f" ({BOUND_REASONS[key]})" if key in BOUND_REASONS else ""
+            problems.append(f"{key}={value}: expected a value {describe(BOUNDS[key])}{why}")
+    if not re.fullmatch(RUN_NAME, cfg.run.run):
+        problems.append(f"run={cfg.run.run!r}: expected a name of letters, digits, '.', '_' and '-' not starting "
+                        f"with '.' (it becomes a directory under the manifest root)")
+    return problems
+
+
+def _validate(cfg: Config) -> Config:
+    problems = bound_problems(cfg)
     for section in ("sft", "dpo"):
         sec = getattr(cfg, section)
-        if sec.batch_size % sec.micro_batch_size:
+        if sec.micro_batch_size >= 1 and sec.batch_size % sec.micro_batch_size:
             problems.append(f"{section}.batch_size={sec.batch_size}: expected a multiple of "
                             f"{section}.micro_batch_size={sec.micro_batch_size}")
     if cfg.deepspeed.zero_stage not in (2, 3):
         problems.append(f"deepspeed.zero_stage={cfg.deepspeed.zero_stage}: expected 2 or 3")
+    if cfg.slurm.stale_after_s <= cfg.slurm.heartbeat_s:
+        problems.append(f"slurm.stale_after_s={cfg.slurm.stale_after_s}: expected more than slurm.heartbeat_s="
+                        f"{cfg.slurm.heartbeat_s} (a live shard would look stale between two heartbeats)")
     if cfg.deepspeed.offload_params and cfg.deepspeed.zero_stage != 3:
         problems.append("deepspeed.offload_params=true: expected deepspeed.zero_stage=3 (only ZeRO-3 shards parameters)")
     if cfg.responses.n < 2:
         problems.append(f"responses.n={cfg.responses.n}: expected at least 2 (a pair needs two responses)")
-    if cfg.judge.k < 1:
-        problems.append(f"judge.k={cfg.judge.k}: expected at least 1")
-    if not 0 <= cfg.eval.heldout_frac < 1:
-        problems.append(f"eval.heldout_frac={cfg.eval.heldout_frac}: expected a number in [0, 1)")
-    for key in ("prompts.shard_size", "responses.shard_size", "judge.shard_size", "eval.shard_size", "eft.shard_size",
-                "ref_logps.shard_size", "ref_logps.micro_batch_size", "ref_logps.chunk_size"):
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) < 1:
-            problems.append(f"{key}: expected an integer >= 1")
     if problems:
         raise ConfigError("bad configuration:\n  " + "\n  ".join(problems))
     return cfg
