@@ -49,7 +49,8 @@ def judge_messages(instruction: str, response: str) -> list[dict]:
 # Self-instruct (Wang et al. 2023) as the paper applies it: 8 demonstrations, each a
 # task a person would ask a chatbot; the model continues the list with a new one. The
 # paper prompted a fixed Llama 2-Chat 70B with few-shot text; with one chat model we
-# phrase the same request as a chat turn (our choice, recorded in PromptsConfig).
+# phrase the same request as a chat turn (our choice; no config key switches it: the
+# generator model itself is one, prompts.generator_model).
 SELF_INSTRUCT_HEADER = (
     "Come up with a new task or question that a person would ask an AI assistant. "
     "Write only the task itself, with no answer, explanation or numbering. "

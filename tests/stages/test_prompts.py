@@ -192,3 +192,87 @@ def test_cleaned_raw_outputs_through_the_filters():
     short = sentence(P.min_words - 1)
     assert rejection_reason(clean_candidate(f"Task: {short}\nThis is a greeting."), kept, CFG) == "length"
     assert rejection_reason(clean_candidate('"How can I improve my sleep?"\nAnswer: ...'), kept, CFG) is None
+
+
+# ---- self-instruct's opening-character filters ------------------------------------------
+
+@pytest.mark.parametrize("cand", [
+    "(a) Explain why the sky looks blue in summer.", "# Explain why the sky looks blue in summer.",
+    ": explain why the sky looks blue in summer", "... and explain why the sky looks blue in summer",
+    "?Why does the sky look blue in summer",
+])
+def test_a_candidate_starting_with_punctuation_is_rejected(cand):
+    assert rejection_reason(cand, [], CFG) == "punctuation"
+
+
+@pytest.mark.parametrize("cand,why", [
+    ("\u00bfC\u00f3mo se dice good morning in English, please?", "non_ascii"),  # starts non-ASCII, has words
+    ("\u65e5\u672c\u8a9e\u3067\u81ea\u5df1\u7d39\u4ecb\u3092\u66f8\u3044\u3066\u304f\u3060\u3055\u3044", "non_ascii"),
+    ("\u041e\u0431\u044a\u044f\u0441\u043d\u0438 \u043f\u043e\u0447\u0435\u043c\u0443 \u043d\u0435\u0431\u043e "
+     "\u0433\u043e\u043b\u0443\u0431\u043e\u0435", "non_ascii"),  # Cyrillic only: no [a-z0-9] word at all
+    ("Explain the word caf\u00e9 to a child, please.", None),  # non-ASCII inside is fine
+])
+def test_non_ascii_openings_are_rejected_by_name(cand, why):
+    assert rejection_reason(cand, [], CFG) == why
+
+
+def test_clean_candidate_strips_stacked_prefixes_before_the_punctuation_filter():
+    assert clean_candidate("1. **Task:** Plan a three day trip to Lisbon.") == "Plan a three day trip to Lisbon."
+    assert clean_candidate("**New task:** Plan a three day trip to Lisbon.") == "Plan a three day trip to Lisbon."
+    assert rejection_reason(clean_candidate("**Task:** Plan a three day trip to Lisbon."), [], CFG) is None
+
+
+def test_the_length_bound_skips_only_pairs_that_cannot_be_near():
+    """may_be_near must never skip a pair whose ROUGE-L is above the threshold (checked by the LCS table)."""
+    from srlm_hpc.stages.prompts import may_be_near
+
+    rng = random.Random(3)
+    vocab = FILLER[:6]
+    for _ in range(2000):
+        a = [rng.choice(vocab) for _ in range(rng.randint(0, 30))]
+        b = [rng.choice(vocab) for _ in range(rng.randint(0, 30))]
+        if reference_rouge_l(a, b) > P.rouge_threshold:
+            assert may_be_near(a, b, P.rouge_threshold), (a, b)
+
+
+# ---- deduplication against earlier iterations ----------------------------------------------
+
+class ScriptedEngine:
+    """Stands in for the model behind the Engine interface: a random tiny model cannot be made to
+    write a chosen prompt, and this test is about what the filters do with one."""
+    name = "scripted"
+
+    def __init__(self, texts):
+        self.texts = list(texts)
+
+    def generate(self, conversations, params):
+        from srlm_hpc.engines import Completion
+
+        return [[Completion(self.texts.pop(0) if self.texts else "", 1, "stop")] for _ in conversations]
+
+
+def test_a_prompt_of_an_earlier_iteration_is_a_near_duplicate(tmp_path, monkeypatch):
+    from srlm_hpc.files import read_jsonl, write_jsonl
+    from srlm_hpc.manifest import StageManifest
+    from srlm_hpc.stages import prompts
+
+    overrides = {"work_dir": str(tmp_path), "prompts.n_prompts": "2", "prompts.shard_size": "2",
+                 "prompts.oversample": "1"}
+    iter1 = build_config({**overrides, "iter": "1"})
+    asked = "Describe how a lighthouse keeper spent a stormy winter night in 1890."
+    man = StageManifest(iter1.manifest_root, 1, "prompts")
+    man.write_plan(*prompts.plan(iter1))
+    man.mark_running(0)
+    man.mark_done(0, write_jsonl(iter1.stage_dir("prompts") / "shard-00000.jsonl",
+                                 [{"prompt_id": "i1-s00000-00000", "prompt": asked, "source": "self-instruct"}]))
+    iter2 = build_config({**overrides, "iter": "2"})
+    assert prompts.earlier_prompts(iter2) == [asked]
+    fresh = "Suggest three names for a bakery that sells only rye bread."
+    monkeypatch.setattr(prompts, "engine_for", lambda *a, **k: ScriptedEngine(
+        ["Describe how a lighthouse keeper spent a stormy winter night in 1891.", fresh]))
+    info = prompts.run_shard(iter2, 0)
+    assert [r["prompt"] for r in read_jsonl(info.path)] == [fresh]
+    # iteration 1's prompts stage unfinished: a clear error, not a silent skip of the check
+    StageManifest(iter1.manifest_root, 1, "prompts").mark_failed(0, RuntimeError("lost"))
+    with pytest.raises(Exception, match="stage prompts of iter 1"):
+        prompts.earlier_prompts(iter2)
