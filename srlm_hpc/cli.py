@@ -126,7 +126,7 @@ def section_help(name: str, cls) -> list[str]:
 
 def config_help(topic: str = "") -> str:
     """Every section and key with its default, type and comment; or one section / one key."""
-    from .config import _sections, unknown_key_message
+    from .config import _sections
 
     sections = _sections()
     if not topic:
@@ -141,8 +141,13 @@ def config_help(topic: str = "") -> str:
         hit = [line for line in lines if line.strip().startswith(key + "=")]
         if hit:
             return "\n".join([lines[0], *hit])
-    raise UsageError(f"--help {topic}: no such section or key; sections: {', '.join(sections)}; "
-                     + unknown_key_message(topic))
+    import difflib
+
+    from .config import _valid_keys
+
+    close = difflib.get_close_matches(topic, [*sections, *_valid_keys()], n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    raise UsageError(f"--help {topic}: no such section or key; {hint}sections: {', '.join(sections)}")
 
 
 def print_help(doc: str, topic: str = "", keys: bool = False, out=None) -> int:
@@ -151,7 +156,7 @@ def print_help(doc: str, topic: str = "", keys: bool = False, out=None) -> int:
     if topic:
         print(config_help(topic), file=out)
         return EXIT_OK
-    print(textwrap.dedent(doc).strip() + "\n\n" + EXIT_CODES, file=out)
+    print(inspect.cleandoc(doc) + "\n\n" + EXIT_CODES, file=out)
     if keys:
         print("\nconfiguration (key=value on the command line, or in a preset=FILE.yaml; "
               "`--help SECTION` shows one section):\n", file=out)
@@ -188,6 +193,11 @@ def run_main(main: Callable[[list[str]], int], argv: list[str] | None = None) ->
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         return main(argv)
+    except BrokenPipeError:  # `... --help | head`: the reader has all it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -198,3 +208,13 @@ def run_main(main: Callable[[list[str]], int], argv: list[str] | None = None) ->
         hint = "" if code == EXIT_USAGE or wants_debug(argv) else " (debug=true shows the traceback)"
         print(f"error: {one_line(e)}{hint}", file=sys.stderr)
         return code
+
+
+def main_with_help(argv: list[str] | None, doc: str, main: Callable[[list[str]], int], keys: bool = False) -> int:
+    """An entry point: `--help [TOPIC]` prints `doc` (and the config keys when `keys`), anything
+    else runs `main` under the exit-code contract."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    asked, topic = help_request(argv)
+    if asked:
+        return run_main(lambda _: print_help(doc, topic, keys), argv)
+    return run_main(main, argv)

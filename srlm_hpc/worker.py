@@ -9,6 +9,10 @@ plain sbatch script.
 
 CONFIG_JSON is the resolved config that submit saved (<work_dir>/iter<k>/config.json):
 serialised once, and only its path travels.
+
+Exit status: 0 the shard is done (or was already), 1 it failed (the error and the tail of
+its traceback are in its manifest entry; this log has the whole traceback), 2 a usage or
+configuration error.
 """
 
 from __future__ import annotations
@@ -66,7 +70,13 @@ def pending(config_path: str, stage: str) -> list[int]:
     return unfinished_shards(man, n_shards)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
+    from .cli import main_with_help
+
+    return main_with_help(argv, __doc__, _worker)
+
+
+def _worker(argv: list[str]) -> int:
     if argv[:1] == ["--pending"] and len(argv) == 3:
         print(",".join(map(str, pending(argv[1], argv[2]))))
         return 0
@@ -86,16 +96,24 @@ def main(argv: list[str]) -> int:
 
         print(" ".join(requested_stages(load_config(argv[1]))))
         return 0
-    if len(argv) not in (2, 3):
-        print(__doc__, file=sys.stderr)
-        return 2
+    if len(argv) not in (2, 3) or argv[0].startswith("-"):
+        from .cli import UsageError
+
+        raise UsageError(f"expected CONFIG_JSON STAGE [SHARD] or one of --pending, --write-config, --stages, "
+                         f"--resources; got {' '.join(argv) or 'nothing'} (python -m srlm_hpc.worker --help)")
     shard = argv[2] if len(argv) == 3 else os.environ.get("SLURM_ARRAY_TASK_ID")
     if shard is None:
         print("error: no SHARD argument and no $SLURM_ARRAY_TASK_ID", file=sys.stderr)
         return 2
-    run(argv[0], argv[1], int(shard))
+    try:
+        run(argv[0], argv[1], int(shard))
+    except Exception:
+        import traceback
+
+        traceback.print_exc()  # the shard's log keeps the whole traceback; the last line says what failed
+        raise
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

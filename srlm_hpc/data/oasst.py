@@ -460,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
     from ..files import atomic_write_json, write_jsonl
 
     argv = sys.argv[1:] if argv is None else argv
+    from ..cli import help_request, print_help
+
+    if help_request(argv)[0]:  # --help: this docstring and the exit codes
+        return print_help(main.__doc__)
     args = dict(a.split("=", 1) for a in argv if "=" in a)
     valid = ("source", "out", "split_seed", "ift_size", "heldout_frac", "lang")
     bad = [a for a in argv if "=" not in a or a.split("=", 1)[0] not in valid]

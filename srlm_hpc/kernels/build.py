@@ -222,7 +222,10 @@ def cuda_compile_only(out_dir: str | None = None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from ..cli import EXIT_CODES
+
+    p = argparse.ArgumentParser(description=__doc__, epilog=EXIT_CODES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cuda-compile-only", action="store_true",
                    help="nvcc -c the CUDA sources (no GPU, no CUDA torch needed) and exit")
     p.add_argument("--out-dir", help="where --cuda-compile-only writes objects (default: temp dir)")
