@@ -5,6 +5,11 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <utility>
+#include <vector>
+
 namespace srlm_hpc {
 
 // Float64 is accepted so torch.autograd.gradcheck can check the real kernel;
@@ -34,6 +39,16 @@ inline void check_inputs(const at::Tensor& logits, const at::Tensor& labels) {
               labels.device(), " but logits is on ", logits.device());
 }
 
+// SRLM_HPC_CHECK_LABELS=1 (any value but "" and "0"): the CUDA forward checks the label
+// range on the host before launching, which costs a device-to-host sync, and raises naming
+// labels[b, t]. By default it does not: an out-of-range label makes that row's lse and its
+// sequence's logp NaN (the kernels never read outside the row). The CPU always checks:
+// there it costs no sync.
+inline bool label_check_requested() {
+  const char* v = std::getenv("SRLM_HPC_CHECK_LABELS");
+  return v != nullptr && v[0] != '\0' && !(v[0] == '0' && v[1] == '\0');
+}
+
 // Host-side label check: labels is [B, T] int64 on the CPU.
 inline void check_label_range(const at::Tensor& labels_cpu, int64_t V, int64_t ignore_index) {
   const auto acc = labels_cpu.accessor<int64_t, 2>();
@@ -45,6 +60,33 @@ inline void check_label_range(const at::Tensor& labels_cpu, int64_t V, int64_t i
                   ") and is not ignore_index=", ignore_index);
     }
   }
+}
+
+// Sufficient test that no two (b, t, v) elements share memory: with the dims of size > 1
+// sorted by stride, each stride must pass the largest offset the smaller dims reach. An
+// expanded tensor (stride 0) or rows closer than V apart (as_strided) fail it.
+inline bool provably_non_overlapping(const at::Tensor& t) {
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size)
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.size(d) > 1) dims.emplace_back(t.stride(d), t.size(d));
+  }
+  std::sort(dims.begin(), dims.end());
+  int64_t span = 1;  // largest offset reached so far, plus one
+  for (const auto& [stride, size] : dims) {
+    if (stride < span) return false;
+    span += stride * (size - 1);
+  }
+  return true;
+}
+
+// The in-place backward writes one gradient per element: aliased elements would get
+// whichever row wrote last.
+inline void check_inplace_target(const at::Tensor& logits) {
+  TORCH_CHECK(provably_non_overlapping(logits),
+              "sequence_logprobs_backward_: logits (sizes ", logits.sizes(), ", strides ",
+              logits.strides(), ") may have elements that share memory (expanded or overlapping "
+              "strides), so the gradient cannot be written over them; use "
+              "inplace_backward=False or pass logits.contiguous()");
 }
 
 inline void check_backward_inputs(const at::Tensor& grad_logp, const at::Tensor& logits,

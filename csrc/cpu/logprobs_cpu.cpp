@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "../logprobs.h"
 
@@ -41,16 +42,20 @@ inline float bits_to_float(uint32_t u) { return __builtin_bit_cast(float, u); }
 inline uint32_t float_to_bits(float f) { return __builtin_bit_cast(uint32_t, f); }
 
 // exp(x) for x <= 0 (callers pass x - max or x - lse). exp(x) = 2^n * e^r with
-// n = round(x / ln 2), |r| <= ln2/2, e^r from a degree-6 polynomial. Inputs
-// below -87 are clamped: exp(-87) = 1.6e-38 keeps 2^n a normal float and adds
-// < 1e-33 relative to a row sum that is >= 1.
+// n = round(x / ln 2), |r| <= ln2/2, e^r from a degree-6 polynomial; 2^n is applied
+// as 2^n1 * 2^n2 with both halves normal floats, so results down to the smallest
+// subnormal (exp(-103.3) = 1.4e-45) are right, as std::exp's. Below -104 (and at
+// -inf) the result is exactly 0: a -inf logit gets a zero gradient, as in PyTorch
+// (clamping at -87, as before, gave it 1.6e-38 * g). NaN in, NaN out.
 inline float fast_exp(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
-  // Round-to-nearest by adding 1.5 * 2^23 (valid for |v| < 2^22; here |v| < 128).
+  // std::max(-104, NaN) is -104 (std::max returns its first argument when the compare is
+  // false), so xc is always a number and the float-to-int conversion below is defined.
+  const float xc = std::min(std::max(-104.0f, x), 88.0f);
+  // Round-to-nearest by adding 1.5 * 2^23 (valid for |v| < 2^22; here |v| < 151).
   const float shifter = 12582912.0f;
-  const float n = (x * 1.44269504088896341f + shifter) - shifter;
+  const float n = (xc * 1.44269504088896341f + shifter) - shifter;
   // r = x - n*ln2 with ln2 split in two parts so r keeps full precision.
-  float r = x - n * 0.693359375f;
+  float r = xc - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
   const float r2 = r * r;
   float p = 1.9875691500e-4f;
@@ -60,8 +65,11 @@ inline float fast_exp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r2 + r + 1.0f;
-  const uint32_t scale = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
-  return p * bits_to_float(scale);
+  const int32_t ni = static_cast<int32_t>(n);  // in [-150, 127]
+  const int32_t n1 = ni / 2, n2 = ni - n1;      // each in [-75, 64]: 2^n1, 2^n2 are normal
+  const float e = p * bits_to_float(static_cast<uint32_t>(n1 + 127) << 23) *
+                  bits_to_float(static_cast<uint32_t>(n2 + 127) << 23);
+  return x >= -104.0f ? e : (x != x ? x : 0.0f);
 }
 
 // GCC will not vectorise a float max *reduction* without -ffast-math (NaN
@@ -101,12 +109,34 @@ SRLM_CLONES void bf16_to_f32(const uint16_t* in, float* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = bits_to_float(static_cast<uint32_t>(in[i]) << 16);
 }
 
-// Round to nearest even; inputs are finite gradients so NaN handling is not needed.
+// IEEE half to float without a scalar call per element (c10::Half's conversion does not
+// vectorise): normal halves by moving exponent and mantissa into place and rebiasing the
+// exponent (15 -> 127), subnormals and zero as mantissa * 2^-24 (exact: < 2^10 fits),
+// inf/NaN by setting the float exponent to all ones. No subnormal float is ever an
+// operand, so a flush-denormals mode cannot change the result.
+SRLM_CLONES void f16_to_f32(const uint16_t* in, float* out, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t h = in[i];
+    const uint32_t sign = (h & 0x8000u) << 16;
+    const uint32_t em = h & 0x7FFFu;
+    const uint32_t normal = (em << 13) + (112u << 23);
+    const uint32_t special = (em << 13) | 0x7F800000u;
+    const uint32_t small = float_to_bits(static_cast<float>(static_cast<int32_t>(em)) * 0x1p-24f);
+    const uint32_t mag = em >= 0x7C00u ? special : (em < 0x0400u ? small : normal);
+    out[i] = bits_to_float(sign | mag);
+  }
+}
+
+// Round to nearest even. NaN stays a (quiet) NaN: rounding its bits could carry into the
+// sign (0x7FFFFFFF + 0x8000 -> -0), and NaN gradients come from NaN logits.
 SRLM_CLONES void f32_to_bf16(const float* in, uint16_t* out, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const uint32_t u = float_to_bits(in[i]);
-    out[i] = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+    const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    const uint32_t nan = (u >> 16) | 0x40u;
+    out[i] = static_cast<uint16_t>((u & 0x7FFFFFFFu) > 0x7F800000u ? nan : rounded);
   }
 }
 
@@ -117,7 +147,7 @@ inline const float* load_chunk(const at::BFloat16* x, int64_t n, float* buf) {
   return buf;
 }
 inline const float* load_chunk(const at::Half* x, int64_t n, float* buf) {
-  for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<float>(x[i]);
+  f16_to_f32(reinterpret_cast<const uint16_t*>(x), buf, n);
   return buf;
 }
 inline void store_chunk(const float*, float*, int64_t) {}  // already written in place
@@ -128,7 +158,23 @@ inline void store_chunk(const float* buf, at::Half* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = static_cast<at::Half>(buf[i]);
 }
 
-// logsumexp of one row, fp32 math with a double running sum across chunks.
+template <typename scalar_t>
+bool has_nan(const scalar_t* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (std::isnan(static_cast<double>(x[i]))) return true;
+  }
+  return false;
+}
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// Non-finite rows, as torch.logsumexp: any NaN gives NaN, else any +inf gives +inf, else a
+// row of -inf gives -inf. Only the rare paths below rescan for NaN.
+//
+// logsumexp of one row, fp32 math with a double running sum across chunks. max_f32 skips
+// NaN, but the exp sum does not (fast_exp(NaN) is NaN), so a NaN anywhere reaches s;
+// a chunk whose max is -inf is skipped, so it is checked for NaN first.
 template <typename scalar_t>
 double row_lse(const scalar_t* x, int64_t V) {
   alignas(64) float buf[kChunk];
@@ -138,21 +184,26 @@ double row_lse(const scalar_t* x, int64_t V) {
     const int64_t n = std::min(kChunk, V - c);
     const float* xc = load_chunk(x + c, n, buf);
     const float mc = max_f32(xc, n);
-    if (mc == -std::numeric_limits<float>::infinity()) continue;  // contributes 0
+    if (mc == -std::numeric_limits<float>::infinity()) {  // contributes 0, unless NaN
+      if (has_nan(xc, n)) return kNaN;
+      continue;
+    }
     if (mc > m) {
       s *= std::exp(static_cast<double>(m) - mc);  // rare: the running max moved
       m = mc;
     }
     s += sum_exp_f32(xc, n, m);
   }
+  if (m == std::numeric_limits<float>::infinity()) return has_nan(x, V) ? kNaN : kInf;
   return static_cast<double>(m) + std::log(s);
 }
 
 // Float64 exists for gradcheck only, so plain scalar code is fine.
 template <>
 double row_lse<double>(const double* x, int64_t V) {
-  double m = -std::numeric_limits<double>::infinity();
-  for (int64_t i = 0; i < V; ++i) m = std::max(m, x[i]);
+  double m = -kInf;
+  for (int64_t i = 0; i < V; ++i) m = std::max(m, x[i]);  // NaN-blind: see the checks below
+  if (m == kInf || m == -kInf) return has_nan(x, V) ? kNaN : m;
   double s = 0.0;
   for (int64_t i = 0; i < V; ++i) s += std::exp(x[i] - m);
   return m + std::log(s);
@@ -203,21 +254,21 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& logits, const a
     const scalar_t* x = logits.const_data_ptr<scalar_t>();
     acc_t* lse_p = lse.data_ptr<acc_t>();
     acc_t* logp_p = logp.data_ptr<acc_t>();
+    // x[y] - lse per row, taken while the row is hot, so the sum below reads no logit.
+    std::vector<double> tok(static_cast<size_t>(B * T), 0.0);
     at::parallel_for(0, B * T, row_grain(V), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         if (y[r] == ignore_index) continue;  // lse stays 0; the row is never read
         const int64_t b = r / T, t = r % T;
-        lse_p[r] = static_cast<acc_t>(row_lse<scalar_t>(x + b * s0 + t * s1, V));
+        const scalar_t* row = x + b * s0 + t * s1;
+        lse_p[r] = static_cast<acc_t>(row_lse<scalar_t>(row, V));
+        tok[r] = static_cast<double>(row[y[r]]) - static_cast<double>(lse_p[r]);
       }
     });
     // Sum over T in a fixed order (deterministic for any thread count), in double.
     for (int64_t b = 0; b < B; ++b) {
       double sum = 0.0;
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t r = b * T + t;
-        if (y[r] == ignore_index) continue;
-        sum += static_cast<double>(x[b * s0 + t * s1 + y[r]]) - static_cast<double>(lse_p[r]);
-      }
+      for (int64_t t = 0; t < T; ++t) sum += tok[b * T + t];  // ignored rows hold 0
       logp_p[b] = static_cast<acc_t>(sum);
     }
   });
@@ -268,6 +319,7 @@ at::Tensor backward_cpu(const at::Tensor& grad_logp, const at::Tensor& logits,
 
 void backward_inplace_cpu(const at::Tensor& grad_logp, const at::Tensor& logits,
                           const at::Tensor& labels, const at::Tensor& lse, int64_t ignore_index) {
+  check_inplace_target(logits);
   backward_into_cpu(grad_logp, logits, labels, lse, ignore_index, logits);
 }
 

@@ -7,11 +7,20 @@
 // Layout: one thread block per (b, t) row. The row is read once with 16-byte
 // loads (8 bf16 / 4 fp32 per load) after a scalar head that reaches 16-byte
 // alignment, then a scalar tail, so any V and any row stride work. Each thread
-// keeps an online (max, sum) pair in fp32 and rescales its sum only when the
-// max of a whole 16-byte pack exceeds its running max, so the steady state is
-// one exp2 per element. For bf16 at V = 128256 a row is 250 KiB, read once.
-// A second tiny kernel sums the B*T row values per sequence in a fixed tree
-// order, so results are bitwise deterministic (no atomics).
+// issues kUnroll = 4 independent 16-byte loads before using any (64 bytes in
+// flight per thread: one load per iteration left the loop waiting on DRAM
+// latency), and keeps an online (max, sum) pair in fp32, rescaling its sum only
+// when the max of a whole 16-byte pack exceeds its running max, so the steady
+// state is one exp2 per element. In-row indices are 32-bit (V < 2^31, checked
+// by the binding); row offsets stay 64-bit. For bf16 at V = 128256 a row is
+// 250 KiB, read once. Thread 0 also reads x[y] while the row streams, and the
+// block writes lse and x[y] - lse; a second tiny kernel sums those per sequence
+// in a fixed tree order, so results are bitwise deterministic (no atomics) and
+// no logit is read twice.
+//
+// Non-finite logits follow torch.logsumexp: any NaN in a row makes its lse NaN
+// (the running max is NaN-sticky), else any +inf makes it +inf, else a row of
+// -inf gives -inf.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -81,20 +90,54 @@ struct MaxSum {
 };
 
 template <typename A>
+__device__ __forceinline__ bool is_nan(A v) {
+  return v != v;
+}
+
+// max that a NaN operand wins and keeps (a plain `b > a ? b : a` drops NaN).
+template <typename A>
+__device__ __forceinline__ A max_nan(A a, A b) {
+  return (b > a || is_nan(b)) ? b : a;
+}
+
+// When m is +inf or NaN, s may be NaN (inf - inf): lse_of() ignores it then.
+template <typename A>
 __device__ __forceinline__ MaxSum<A> combine(MaxSum<A> a, MaxSum<A> b) {
-  const A m = a.m > b.m ? a.m : b.m;
+  const A m = max_nan(a.m, b.m);
   if (m == neg_inf<A>()) return {m, A(0)};  // both empty; avoid exp(-inf - -inf) = NaN
   return {m, a.s * acc_exp(a.m - m) + b.s * acc_exp(b.m - m)};
 }
 
 template <typename A>
 __device__ __forceinline__ void add_one(MaxSum<A>& st, A v) {
-  if (v > st.m) {
-    st.s = st.s * acc_exp(st.m - v) + A(1);
-    st.m = v;
-  } else if (v > neg_inf<A>()) {
-    st.s += acc_exp(v - st.m);
+  st = combine(st, MaxSum<A>{v, A(1)});
+}
+
+template <typename A>
+__device__ __forceinline__ A lse_of(MaxSum<A> st) {
+  return (is_nan(st.m) || st.m == -neg_inf<A>()) ? st.m : st.m + acc_log(st.s);
+}
+
+// One 16-byte pack: its max first, so the running sum is rescaled at most once per pack.
+template <typename T, typename A>
+__device__ __forceinline__ void add_pack(MaxSum<A>& st, const uint4& raw) {
+  constexpr int N = 16 / sizeof(T);
+  const T* e = reinterpret_cast<const T*>(&raw);
+  A v[N];
+  A vmax = neg_inf<A>();
+#pragma unroll
+  for (int k = 0; k < N; ++k) {
+    v[k] = to_acc(e[k]);
+    vmax = max_nan(vmax, v[k]);
   }
+  if (vmax == neg_inf<A>()) return;  // all -inf: adds 0
+  const A m = max_nan(st.m, vmax);
+  if (m != st.m) {  // the max moved (true on every pack once st.m is NaN: it stays NaN)
+    st.s *= acc_exp(st.m - m);  // exp(-inf) = 0 handles the first pack
+    st.m = m;
+  }
+#pragma unroll
+  for (int k = 0; k < N; ++k) st.s += acc_exp(v[k] - st.m);
 }
 
 // Block-wide reduction; result valid in thread 0. kBlock is a multiple of 32.
@@ -126,11 +169,22 @@ __device__ __forceinline__ MaxSum<A> block_reduce(MaxSum<A> st) {
 // Elements before the first 16-byte boundary of the row (V if the row cannot
 // be aligned at all, e.g. a pointer that is not even element-aligned).
 template <typename T>
-__device__ __forceinline__ int64_t head_len(const void* p, int64_t V) {
+__device__ __forceinline__ int head_len(const void* p, int V) {
   const uintptr_t addr = reinterpret_cast<uintptr_t>(p);
   if (addr % sizeof(T) != 0) return V;
-  const int64_t h = static_cast<int64_t>(((16 - addr % 16) % 16) / sizeof(T));
+  const int h = static_cast<int>(((16 - addr % 16) % 16) / sizeof(T));
   return h < V ? h : V;
+}
+
+constexpr int kUnroll = 4;  // 16-byte loads in flight per thread in the forward
+// Resident threads per SM the compiler must allow (__launch_bounds__' second
+// argument is this over the block size): 1024 caps registers at 64 per thread,
+// and 1024 threads x 64 bytes in flight per SM is several times what DRAM
+// latency needs. Float64 (gradcheck only) gets 512, i.e. 128 registers: its
+// doubled state spills at 64. build.py's ptxas check holds both limits.
+template <typename T>
+constexpr int threads_per_sm() {
+  return sizeof(T) == 8 ? 512 : 1024;
 }
 
 template <typename T>
@@ -143,63 +197,55 @@ __device__ __forceinline__ int64_t label_of(const RowsArgs& a, int64_t row, int6
 }
 
 template <typename T, int kBlock>
-__global__ void __launch_bounds__(kBlock) lse_rows_kernel(RowsArgs a, typename AccOf<T>::type* lse) {
+__global__ void __launch_bounds__(kBlock, threads_per_sm<T>() / kBlock)
+    lse_rows_kernel(RowsArgs a, typename AccOf<T>::type* lse, typename AccOf<T>::type* tok) {
   using A = typename AccOf<T>::type;
-  constexpr int N = 16 / sizeof(T);
   const int64_t row = blockIdx.x;
   int64_t b, t;
   const int64_t y = label_of<T>(a, row, &b, &t);
   if (y == a.ignore_index || y < 0 || y >= a.V) {  // ignored: never read; bad: NaN
-    if (threadIdx.x == 0) lse[row] = y == a.ignore_index ? A(0) : A(NAN);
+    if (threadIdx.x == 0) {
+      lse[row] = y == a.ignore_index ? A(0) : A(NAN);
+      tok[row] = y == a.ignore_index ? A(0) : A(NAN);
+    }
     return;
   }
   const T* x = static_cast<const T*>(a.logits) + b * a.s_b + t * a.s_t;
-  const int64_t V = a.V;
-  const int64_t head = head_len<T>(x, V);
-  const int64_t npack = (V - head) / N;
+  const int V = static_cast<int>(a.V);
+  // Issued first, so its latency hides behind the stream; only thread 0 uses it.
+  const A x_y = threadIdx.x == 0 ? to_acc(x[y]) : A(0);
+  const int head = head_len<T>(x, V);
+  constexpr int N = 16 / sizeof(T);
+  const int npack = (V - head) / N;
   MaxSum<A> st{neg_inf<A>(), A(0)};
-  for (int64_t i = threadIdx.x; i < head; i += kBlock) add_one(st, to_acc(x[i]));
+  for (int i = threadIdx.x; i < head; i += kBlock) add_one(st, to_acc(x[i]));
   const uint4* packs = reinterpret_cast<const uint4*>(x + head);
-  for (int64_t i = threadIdx.x; i < npack; i += kBlock) {
-    const uint4 raw = __ldg(packs + i);
-    const T* e = reinterpret_cast<const T*>(&raw);
-    A v[N];
-    A vmax = neg_inf<A>();
+  int i = threadIdx.x;
+  for (; i + (kUnroll - 1) * kBlock < npack; i += kUnroll * kBlock) {
+    uint4 raw[kUnroll];
 #pragma unroll
-    for (int k = 0; k < N; ++k) {
-      v[k] = to_acc(e[k]);
-      vmax = v[k] > vmax ? v[k] : vmax;
-    }
-    if (vmax == neg_inf<A>()) continue;
-    if (vmax > st.m) {  // exp(-inf) = 0 handles the first pack
-      st.s *= acc_exp(st.m - vmax);
-      st.m = vmax;
-    }
+    for (int u = 0; u < kUnroll; ++u) raw[u] = __ldg(packs + i + u * kBlock);
 #pragma unroll
-    for (int k = 0; k < N; ++k) st.s += acc_exp(v[k] - st.m);
+    for (int u = 0; u < kUnroll; ++u) add_pack<T>(st, raw[u]);
   }
-  for (int64_t i = head + npack * N + threadIdx.x; i < V; i += kBlock) add_one(st, to_acc(x[i]));
+  for (; i < npack; i += kBlock) add_pack<T>(st, __ldg(packs + i));
+  for (int j = head + npack * N + threadIdx.x; j < V; j += kBlock) add_one(st, to_acc(x[j]));
   st = block_reduce<kBlock>(st);
-  if (threadIdx.x == 0) lse[row] = st.m + acc_log(st.s);
+  if (threadIdx.x == 0) {
+    const A l = lse_of(st);
+    lse[row] = l;
+    tok[row] = x_y - l;
+  }
 }
 
-// logp[b] = sum over active t of logits[b,t,y] - lse[b,t], in double, fixed order.
+// logp[b] = sum over t of tok[b, t] (x[y] - lse; 0 on ignored rows), in double, fixed order.
 template <typename T, int kBlock>
-__global__ void __launch_bounds__(kBlock) sum_rows_kernel(RowsArgs a, const typename AccOf<T>::type* lse,
+__global__ void __launch_bounds__(kBlock) sum_rows_kernel(RowsArgs a, const typename AccOf<T>::type* tok,
                                                           typename AccOf<T>::type* logp) {
   using A = typename AccOf<T>::type;
   const int64_t b = blockIdx.x;
   double sum = 0.0;
-  for (int64_t t = threadIdx.x; t < a.T; t += kBlock) {
-    const int64_t y = a.labels[b * a.l_b + t * a.l_t];
-    if (y == a.ignore_index) continue;
-    if (y < 0 || y >= a.V) {
-      sum += static_cast<double>(NAN);
-      continue;
-    }
-    const T* x = static_cast<const T*>(a.logits) + b * a.s_b + t * a.s_t;
-    sum += static_cast<double>(to_acc(x[y])) - static_cast<double>(lse[b * a.T + t]);
-  }
+  for (int64_t t = threadIdx.x; t < a.T; t += kBlock) sum += static_cast<double>(tok[b * a.T + t]);
   for (int off = kWarp / 2; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
   __shared__ double part[kBlock / kWarp];
   if (threadIdx.x % kWarp == 0) part[threadIdx.x / kWarp] = sum;
@@ -212,7 +258,7 @@ __global__ void __launch_bounds__(kBlock) sum_rows_kernel(RowsArgs a, const type
 }
 
 template <typename T, int kBlock>
-__global__ void __launch_bounds__(kBlock)
+__global__ void __launch_bounds__(kBlock, threads_per_sm<T>() / kBlock)
     grad_rows_kernel(RowsArgs a, const typename AccOf<T>::type* grad_logp, int64_t g_s,
                      const typename AccOf<T>::type* lse, T* out, int64_t o_b, int64_t o_t) {
   using A = typename AccOf<T>::type;
@@ -220,37 +266,47 @@ __global__ void __launch_bounds__(kBlock)
   const int64_t row = blockIdx.x;
   int64_t b, t;
   const int64_t y = label_of<T>(a, row, &b, &t);
-  const int64_t V = a.V;
+  const int V = static_cast<int>(a.V);
   T* o = out + b * o_b + t * o_t;
   const T* x = static_cast<const T*>(a.logits) + b * a.s_b + t * a.s_t;
   const bool active = y != a.ignore_index;
   const A g = active ? grad_logp[b * g_s] : A(0);
   const A l = active ? lse[row] : A(0);  // NaN for a bad label, so the row becomes NaN
-  // Packs need x and o to share their offset within 16 bytes (always true in place).
-  int64_t head = head_len<T>(o, V);
-  if (active && (reinterpret_cast<uintptr_t>(x) % 16) != (reinterpret_cast<uintptr_t>(o) % 16)) {
-    head = V;
-  }
-  const int64_t npack = (V - head) / N;
+  // Packs follow the output's 16-byte alignment, so every store is 16 bytes. The input is
+  // read as packs too when it has the same offset within 16 bytes (always true in place);
+  // otherwise (an out-of-place gradient of a logits slice along V) element by element:
+  // the warp still reads whole sectors, which L1 serves to the next element's load.
+  const int head = head_len<T>(o, V);
+  const bool same_phase =
+      (reinterpret_cast<uintptr_t>(x) % 16) == (reinterpret_cast<uintptr_t>(o) % 16);
+  const int npack = (V - head) / N;
   // Each element is read and then written by the same thread, so out == x is safe.
-  auto grad_at = [&](int64_t i, A xi) -> T {
+  auto grad_at = [&](int i, A xi) -> T {
     return from_acc<T>(g * ((i == y ? A(1) : A(0)) - acc_exp(xi - l)));
   };
-  for (int64_t i = threadIdx.x; i < head; i += kBlock) o[i] = active ? grad_at(i, to_acc(x[i])) : from_acc<T>(A(0));
+  for (int i = threadIdx.x; i < head; i += kBlock) {
+    o[i] = active ? grad_at(i, to_acc(x[i])) : from_acc<T>(A(0));
+  }
   uint4* opacks = reinterpret_cast<uint4*>(o + head);
   const uint4* xpacks = reinterpret_cast<const uint4*>(x + head);
-  for (int64_t i = threadIdx.x; i < npack; i += kBlock) {
+  const T* xs = x + head;
+  for (int i = threadIdx.x; i < npack; i += kBlock) {
     uint4 raw = make_uint4(0u, 0u, 0u, 0u);  // all-zero bits are +0 in every dtype
     if (active) {
-      const uint4 in = xpacks[i];
-      const T* e = reinterpret_cast<const T*>(&in);
+      T in[N];
+      if (same_phase) {
+        *reinterpret_cast<uint4*>(in) = xpacks[i];
+      } else {
+#pragma unroll
+        for (int k = 0; k < N; ++k) in[k] = xs[i * N + k];
+      }
       T* r = reinterpret_cast<T*>(&raw);
 #pragma unroll
-      for (int k = 0; k < N; ++k) r[k] = grad_at(head + i * N + k, to_acc(e[k]));
+      for (int k = 0; k < N; ++k) r[k] = grad_at(head + i * N + k, to_acc(in[k]));
     }
     opacks[i] = raw;
   }
-  for (int64_t i = head + npack * N + threadIdx.x; i < V; i += kBlock) {
+  for (int i = head + npack * N + threadIdx.x; i < V; i += kBlock) {
     o[i] = active ? grad_at(i, to_acc(x[i])) : from_acc<T>(A(0));
   }
 }
@@ -262,23 +318,25 @@ bool small_row(int64_t V) {
 }
 
 template <typename T>
-cudaError_t forward_t(const RowsArgs& a, void* lse_v, void* logp_v, cudaStream_t stream) {
+cudaError_t forward_t(const RowsArgs& a, void* lse_v, void* tok_v, void* logp_v,
+                      cudaStream_t stream) {
   using A = typename AccOf<T>::type;
   A* lse = static_cast<A*>(lse_v);
+  A* tok = static_cast<A*>(tok_v);
   A* logp = static_cast<A*>(logp_v);
   const int64_t rows = a.B * a.T;
   if (rows > 0) {
     const dim3 grid(static_cast<unsigned>(rows));
     if (small_row<T>(a.V)) {
-      lse_rows_kernel<T, 32><<<grid, 32, 0, stream>>>(a, lse);
+      lse_rows_kernel<T, 32><<<grid, 32, 0, stream>>>(a, lse, tok);
       SRLM_LAUNCH_CHECK();
     } else {
-      lse_rows_kernel<T, 256><<<grid, 256, 0, stream>>>(a, lse);
+      lse_rows_kernel<T, 256><<<grid, 256, 0, stream>>>(a, lse, tok);
       SRLM_LAUNCH_CHECK();
     }
   }
   if (a.B > 0) {
-    sum_rows_kernel<T, 256><<<static_cast<unsigned>(a.B), 256, 0, stream>>>(a, lse, logp);
+    sum_rows_kernel<T, 256><<<static_cast<unsigned>(a.B), 256, 0, stream>>>(a, tok, logp);
     SRLM_LAUNCH_CHECK();
   }
   return cudaSuccess;
@@ -306,16 +364,16 @@ cudaError_t backward_t(const RowsArgs& a, const void* grad_v, int64_t g_s, const
 
 }  // namespace
 
-// One grid row per (b, t): gridDim.x is limited to 2^31 - 1 rows.
-static bool rows_fit(const RowsArgs& a) { return a.B * a.T <= 0x7fffffffLL; }
+// One grid row per (b, t): gridDim.x is limited to 2^31 - 1 rows; in-row indices are int.
+static bool rows_fit(const RowsArgs& a) { return a.B * a.T <= 0x7fffffffLL && a.V <= 0x7fffffffLL; }
 
-cudaError_t forward(const RowsArgs& a, void* lse, void* logp, cudaStream_t stream) {
+cudaError_t forward(const RowsArgs& a, void* lse, void* tok, void* logp, cudaStream_t stream) {
   if (!rows_fit(a)) return cudaErrorInvalidConfiguration;
   switch (a.dtype) {
-    case Dtype::kFloat32: return forward_t<float>(a, lse, logp, stream);
-    case Dtype::kFloat64: return forward_t<double>(a, lse, logp, stream);
-    case Dtype::kFloat16: return forward_t<__half>(a, lse, logp, stream);
-    case Dtype::kBFloat16: return forward_t<__nv_bfloat16>(a, lse, logp, stream);
+    case Dtype::kFloat32: return forward_t<float>(a, lse, tok, logp, stream);
+    case Dtype::kFloat64: return forward_t<double>(a, lse, tok, logp, stream);
+    case Dtype::kFloat16: return forward_t<__half>(a, lse, tok, logp, stream);
+    case Dtype::kBFloat16: return forward_t<__nv_bfloat16>(a, lse, tok, logp, stream);
   }
   return cudaErrorInvalidValue;
 }

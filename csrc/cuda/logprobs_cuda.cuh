@@ -28,10 +28,12 @@ struct RowsArgs {
   int64_t ignore_index;
 };
 
-// lse: [B*T] contiguous acc, logp: [B] contiguous acc. Out-of-range labels
-// (not ignore_index) make lse and logp NaN; the binding checks labels on the
-// host first, except during CUDA-graph capture where a sync is not allowed.
-cudaError_t forward(const RowsArgs& a, void* lse, void* logp, cudaStream_t stream);
+// lse: [B*T] contiguous acc, tok: [B*T] contiguous acc scratch (x[y] - lse per
+// row), logp: [B] contiguous acc. Out-of-range labels (not ignore_index) make
+// lse and logp NaN and are never used as an index; the binding checks labels on
+// the host only when SRLM_HPC_CHECK_LABELS=1 (a device-to-host sync), and never
+// during CUDA-graph capture. V and B*T must be below 2^31.
+cudaError_t forward(const RowsArgs& a, void* lse, void* tok, void* logp, cudaStream_t stream);
 
 // grad_logits[b,t,:] = grad_logp[b] * (onehot(label) - exp(logits - lse)) on
 // active rows, 0 on ignored rows. `out` has strides (o_b, o_t, 1) and may be

@@ -30,6 +30,8 @@ cuda::RowsArgs rows_args(const at::Tensor& logits, const at::Tensor& labels, int
   TORCH_CHECK(logits.size(0) * logits.size(1) <= 0x7fffffffLL,
               "sequence_logprobs: logits has B*T = ", logits.size(0) * logits.size(1),
               " rows; the CUDA kernel supports at most 2^31 - 1");
+  TORCH_CHECK(logits.size(2) <= 0x7fffffffLL, "sequence_logprobs: V = ", logits.size(2),
+              " is above the CUDA kernel's 2^31 - 1");
   return cuda::RowsArgs{kernel_dtype(logits.scalar_type()),
                         logits.const_data_ptr(),
                         logits.size(0), logits.size(1), logits.size(2),
@@ -39,10 +41,12 @@ cuda::RowsArgs rows_args(const at::Tensor& logits, const at::Tensor& labels, int
                         ignore_index};
 }
 
-// Costs one device-to-host sync (~10 us) per call. Skipped during CUDA-graph
-// capture, where a sync is illegal; the kernels then return NaN for rows with
-// a bad label instead of reading out of bounds.
+// Costs one device-to-host sync (tens of us against a 0.6 ms forward) and several
+// small kernels, so it runs only with SRLM_HPC_CHECK_LABELS=1 (logprobs.h), and
+// never during CUDA-graph capture, where a sync is illegal. Without it the
+// kernels return NaN for a row with a bad label instead of reading out of bounds.
 void check_labels_cuda(const at::Tensor& labels, int64_t V, int64_t ignore_index) {
+  if (!label_check_requested()) return;
   if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) return;
   const at::Tensor bad = labels.ne(ignore_index).logical_and(labels.lt(0).logical_or(labels.ge(V)));
   if (bad.any().item<bool>()) check_label_range(labels.cpu(), V, ignore_index);  // throws, naming labels[b, t]
@@ -56,8 +60,9 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& logits, const 
   const auto acc = acc_dtype(logits);
   at::Tensor lse = at::empty({logits.size(0), logits.size(1)}, logits.options().dtype(acc));
   at::Tensor logp = at::empty({logits.size(0)}, logits.options().dtype(acc));
+  at::Tensor tok = at::empty({logits.size(0), logits.size(1)}, logits.options().dtype(acc));
   C10_CUDA_CHECK(cuda::forward(rows_args(logits, labels, ignore_index), lse.data_ptr(),
-                               logp.data_ptr(), c10::cuda::getCurrentCUDAStream()));
+                               tok.data_ptr(), logp.data_ptr(), c10::cuda::getCurrentCUDAStream()));
   return {logp, lse};
 }
 
@@ -66,7 +71,8 @@ void backward_into_cuda(const at::Tensor& grad_logp, const at::Tensor& logits,
                         const at::Tensor& out) {
   check_backward_inputs(grad_logp, logits, labels, lse_in);
   const c10::cuda::CUDAGuard guard(logits.device());
-  check_labels_cuda(labels, logits.size(2), ignore_index);
+  // No label check: the forward made lse NaN for a bad label, so its row's gradient is
+  // NaN, and the kernel compares the label without using it as an index.
   const auto acc = acc_dtype(logits);
   const at::Tensor grad = grad_logp.to(acc);
   const at::Tensor lse = lse_in.to(acc).contiguous();
@@ -84,6 +90,7 @@ at::Tensor backward_cuda(const at::Tensor& grad_logp, const at::Tensor& logits,
 
 void backward_inplace_cuda(const at::Tensor& grad_logp, const at::Tensor& logits,
                            const at::Tensor& labels, const at::Tensor& lse, int64_t ignore_index) {
+  check_inplace_target(logits);
   backward_into_cuda(grad_logp, logits, labels, lse, ignore_index, logits);
 }
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import platform
 import shutil
@@ -169,9 +170,62 @@ def cuda_include_dir(nvcc: str) -> str:
     raise RuntimeError(f"cuda_runtime_api.h not found next to {nvcc}; set CUDA_HOME")
 
 
-def _run(cmd: list[str]) -> None:
+def _run(cmd: list[str]) -> str:
+    """Run a compiler, echo its command and output; return the output (stdout + stderr)."""
     print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.stdout:
+        print(proc.stdout, end="", flush=True)
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, proc.stdout)
+    return proc.stdout
+
+
+# Registers per thread the kernels may use: __launch_bounds__ in logprobs_cuda.cu asks for
+# 1024 resident threads per SM, i.e. 65536 / 1024 = 64, and 512 (128) for float64 kernels,
+# whose mangled names carry the template argument `d` (e.g. lse_rows_kernelIdLi256E).
+MAX_REGISTERS = 64
+MAX_REGISTERS_FP64 = 128
+
+
+def register_limit(kernel: str) -> int:
+    return MAX_REGISTERS_FP64 if "_kernelId" in kernel else MAX_REGISTERS
+
+
+def parse_ptxas(text: str) -> list[dict]:
+    """`nvcc -Xptxas -v` output -> one dict per (kernel, arch): registers, spill bytes, stack."""
+    import re
+
+    rows, cur = [], None
+    for line in text.splitlines():
+        m = re.search(r"Compiling entry function '(\S+)' for '(sm_\d+a?)'", line)
+        if m:
+            cur = {"kernel": m.group(1), "arch": m.group(2)}
+            rows.append(cur)
+            continue
+        if cur is None:
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            cur.update(stack=int(m.group(1)), spill_stores=int(m.group(2)), spill_loads=int(m.group(3)))
+        m = re.search(r"Used (\d+) registers", line)
+        if m:
+            cur["registers"] = int(m.group(1))
+    return rows
+
+
+def check_ptxas(rows: list[dict]) -> None:
+    """Raise if a kernel spills or uses more registers than its launch bounds allow."""
+    if not rows:
+        raise RuntimeError("nvcc -Xptxas -v reported no kernels: cannot check registers and spills")
+    bad = [r for r in rows if r.get("spill_stores", 0) or r.get("spill_loads", 0)
+           or "registers" not in r or r["registers"] > register_limit(r["kernel"])]
+    if bad:
+        lines = [f"{r['kernel']} ({r['arch']}): {r.get('registers')} registers "
+                 f"(limit {register_limit(r['kernel'])}), "
+                 f"{r.get('spill_stores')} B spill stores, {r.get('spill_loads')} B spill loads" for r in bad]
+        raise RuntimeError("CUDA kernels over budget (registers above the launch bounds, or spills): "
+                           + "; ".join(lines))
 
 
 def cuda_compile_only(out_dir: str | None = None) -> list[str]:
@@ -194,8 +248,14 @@ def cuda_compile_only(out_dir: str | None = None) -> list[str]:
         num = arch.replace("+PTX", "").replace(".", "")
         arch_flags.append(f"-gencode=arch=compute_{num},code=sm_{num}")
     cu = str(CSRC / "cuda" / "logprobs_cuda.cu")
-    _run([nvcc, "-std=c++17", "-O3", *TORCH_NVCC_DEFINES, *arch_flags, "-c", cu,
-          "-o", str(out / "logprobs_cuda.o")])
+    # -Xptxas -v: registers and spills of every kernel, per arch, into ptxas.json; a spill
+    # (local-memory traffic in a bandwidth-bound loop) or a register count above the launch
+    # bounds fails the check.
+    text = _run([nvcc, "-std=c++17", "-O3", "-Xptxas", "-v", *TORCH_NVCC_DEFINES, *arch_flags, "-c", cu,
+                 "-o", str(out / "logprobs_cuda.o")])
+    report = parse_ptxas(text)
+    (out / "ptxas.json").write_text(json.dumps(report, indent=1) + "\n")
+    check_ptxas(report)
     checked = ["logprobs_cuda.cu (torch-free)"]
 
     torch_inc = include_paths()

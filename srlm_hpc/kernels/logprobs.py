@@ -68,9 +68,10 @@ def _backward(ctx, grad_logp, _grad_lse):
         return None, None, None, None
     ops = torch.ops.srlm_hpc
     if ctx.inplace_backward:
-        # Overwrites the saved logits with their gradient: no new [B,T,V] buffer.
-        # If anything else saved these logits for its own backward, autograd's
-        # version counter check raises instead of silently using the gradient.
+        # Overwrites the saved logits with their gradient: no new [B,T,V] buffer. The op's
+        # ADInplaceOrView kernel (csrc/logprobs.cpp) bumps their version, so if anything
+        # else saved these logits for a backward that runs after this one (a z-loss
+        # computed before this op), autograd raises instead of using the gradient as input.
         ops.sequence_logprobs_backward_(grad_logp, logits, labels, lse, ctx.ignore_index)
         grad = logits
     else:
@@ -110,6 +111,36 @@ def extension_available() -> bool:
     return _state["ok"]
 
 
+def may_overlap(t: torch.Tensor) -> bool:
+    """True unless the strides prove no two elements share memory (csrc/logprobs.h has the
+    same test): an expanded tensor (stride 0) or an as_strided alias fails it."""
+    span = 1  # largest offset reached by the smaller-stride dims, plus one
+    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz > 1):
+        if stride < span:
+            return True
+        span += stride * (size - 1)
+    return False
+
+
+def check_inplace_target(logits: torch.Tensor) -> None:
+    """Refuse (ValueError) logits the in-place backward must not overwrite; warn when it saves nothing."""
+    base = logits._base if logits._base is not None else logits  # a view's _base is never a view
+    if base.is_leaf:
+        what = "a leaf tensor" if base is logits else f"a view of a leaf tensor (shape {tuple(base.shape)})"
+        raise ValueError(f"inplace_backward=True would overwrite logits, {what} that requires grad; "
+                         "use it only for computed logits (e.g. lm_head output)")
+    if may_overlap(logits):
+        raise ValueError(f"inplace_backward=True needs logits whose elements do not share memory; got "
+                         f"shape {tuple(logits.shape)} with strides {logits.stride()} (expanded or "
+                         "overlapping): pass inplace_backward=False or logits.contiguous()")
+    if logits.numel() < base.numel():
+        warnings.warn(f"sequence_logprobs: inplace_backward=True on a part ({tuple(logits.shape)}) of a "
+                      f"larger tensor ({tuple(base.shape)}) saves no memory: the view's backward "
+                      "allocates a zero gradient of the whole tensor anyway. Slice the hidden states "
+                      "before the LM head instead, or pass inplace_backward=False.", UserWarning,
+                      stacklevel=3)
+
+
 def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100,
                       inplace_backward: bool = False) -> torch.Tensor:
     """Sum over t of log p(labels[b,t] | logits[b,t]) for each sequence b.
@@ -120,18 +151,24 @@ def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor, ignore_index: 
         entries equal to ignore_index are skipped and their logits never read.
     inplace_backward: backward writes the gradient into `logits` itself instead of a
         new [B, T, V] buffer (for bf16 B=4 T=2048 V=128256: saves 2 GiB). Only set
-        it when nothing reads these logits after backward; their values are gone.
+        it when nothing reads these logits after backward; their values are gone, and
+        autograd raises if another backward that saved them runs after this one.
+        Refused (ValueError) for a leaf or a view of one and for logits whose elements
+        share memory; warns on a slice of a larger tensor, where it saves nothing.
         Ignored by the pure PyTorch fallback.
+    Labels out of [0, V) that are not ignore_index: the CPU raises RuntimeError naming
+        labels[b, t]; CUDA, to avoid a device-to-host sync, returns NaN for that sequence
+        unless SRLM_HPC_CHECK_LABELS=1 is set, which makes it raise the same error.
     Returns [B] float32 (float64 for float64 logits), differentiable w.r.t. logits.
     """
-    if inplace_backward and logits.requires_grad and logits.is_leaf:
-        raise ValueError("inplace_backward=True would overwrite logits, a leaf tensor that "
-                         "requires grad; use it only for computed logits (e.g. lm_head output)")
-    if not extension_available():
-        return sequence_logprobs_reference(logits, labels, ignore_index)
     if logits.dim() == 3 and logits.shape[-1] > 1 and logits.stride(-1) != 1:
         # The kernels read rows with unit stride (16-byte loads on GPU); a layout like
-        # logits.transpose(1, 2).contiguous().transpose(1, 2) is copied once here.
+        # logits.transpose(1, 2).contiguous().transpose(1, 2) is copied once here (and the
+        # copy is what an in-place backward overwrites).
         logits = logits.contiguous()
+    if inplace_backward and logits.requires_grad:
+        check_inplace_target(logits)
+    if not extension_available():
+        return sequence_logprobs_reference(logits, labels, ignore_index)
     logp, _ = torch.ops.srlm_hpc.sequence_logprobs(logits, labels, ignore_index, inplace_backward)
     return logp

@@ -324,3 +324,175 @@ def test_concurrent_builds_share_one_cache(tmp_path):
     assert len({o for o, _ in outs}) == 1
     (key_dir,) = tmp_path.iterdir()
     assert (key_dir / "ready").exists() and not (key_dir / "lock").exists()
+
+
+# ----------------------------------------------------------------------------- issue 14
+def zloss(x):
+    return torch.logsumexp(x.float(), -1).pow(2).mean()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_inplace_backward_raises_when_another_backward_reads_the_logits_later(device):
+    """A z-loss computed before the op backpropagates after it: it would read the gradient."""
+    h = torch.randn(2, 5, 8, device=device, requires_grad=True)
+    W = torch.randn(8, 37, device=device, requires_grad=True)
+    labels = torch.randint(0, 37, (2, 5), device=device)
+    logits = h @ W
+    z = zloss(logits)
+    logp = sequence_logprobs(logits, labels, IGNORE, inplace_backward=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (logp.sum() + z).backward()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_inplace_backward_with_a_zloss_that_runs_first_is_right(device):
+    """The z-loss computed after the op backpropagates first: no raise, and the same gradient."""
+    h0 = torch.randn(2, 5, 8, device=device)
+    W = torch.randn(8, 37, device=device)
+    labels = torch.randint(0, 37, (2, 5), device=device)
+    grads = []
+    for f in (lambda x: sequence_logprobs(x, labels, IGNORE, inplace_backward=True),
+              lambda x: sequence_logprobs_reference(x, labels, IGNORE)):
+        h = h0.clone().requires_grad_()
+        logits = h @ W
+        logp = f(logits)
+        (logp.sum() + zloss(logits)).backward()
+        grads.append(h.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_inplace_refuses_a_view_of_a_leaf_and_aliased_elements(device):
+    logits, labels = make_inputs(2, 5, 37, torch.float32, device)
+    leaf = logits.clone().requires_grad_()
+    with pytest.raises(ValueError, match="view of a leaf tensor"):
+        sequence_logprobs(leaf.view_as(leaf), labels, IGNORE, inplace_backward=True)
+    with pytest.raises(ValueError, match="view of a leaf tensor"):
+        sequence_logprobs(leaf.detach().requires_grad_()[:, :], labels, IGNORE, inplace_backward=True)
+    computed = leaf * 1
+    # Every sequence is the same memory (stride 0 over B): one gradient per element is impossible.
+    with pytest.raises(ValueError, match="do not share memory"):
+        sequence_logprobs(computed[:1].expand(2, 5, 37), labels, IGNORE, inplace_backward=True)
+    # Rows 10 elements apart with V = 37: neighbouring rows overlap.
+    flat = (leaf * 1).reshape(-1)
+    overlapping = flat.as_strided((2, 4, 37), (40, 10, 1))
+    with pytest.raises(ValueError, match="do not share memory"):
+        sequence_logprobs(overlapping, labels[:, :4], IGNORE, inplace_backward=True)
+    # Out of place, the same inputs are fine (nothing is written over them).
+    out = sequence_logprobs(computed[:1].expand(2, 5, 37), labels, IGNORE)
+    assert out.shape == (2,)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_inplace_op_called_directly_refuses_overlap(device):
+    assert lp_mod.extension_available()
+    logits, labels = make_inputs(1, 5, 37, torch.float32, device)
+    _, lse = torch.ops.srlm_hpc.sequence_logprobs(logits, labels, IGNORE, False)
+    expanded = logits.expand(3, 5, 37)
+    with pytest.raises(RuntimeError, match="share memory"):
+        torch.ops.srlm_hpc.sequence_logprobs_backward_(torch.ones(3, device=device), expanded,
+                                                       labels.expand(3, 5), lse.expand(3, 5), IGNORE)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_inplace_on_a_slice_warns_that_it_saves_nothing(device):
+    logits, labels = make_inputs(2, 6, 37, torch.float32, device)
+    full = logits.clone().requires_grad_() * 1
+    with pytest.warns(UserWarning, match="saves no memory"):
+        sequence_logprobs(full[:, :-1], labels[:, :-1], IGNORE, inplace_backward=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a view of the whole tensor (as dpo_loss passes) does save
+        sequence_logprobs(full[:, None].squeeze(1), labels, IGNORE, inplace_backward=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_direct_inplace_op_bumps_the_version(device):
+    assert lp_mod.extension_available()
+    logits, labels = make_inputs(2, 5, 37, torch.float32, device)
+    _, lse = torch.ops.srlm_hpc.sequence_logprobs(logits, labels, IGNORE, False)
+    before = logits._version
+    torch.ops.srlm_hpc.sequence_logprobs_backward_(torch.ones(2, device=device), logits, labels, lse, IGNORE)
+    assert logits._version > before
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_label_check_in_debug_mode_names_the_label(device, monkeypatch):
+    logits, labels = make_inputs(2, 4, 10, torch.float32, device)
+    labels[1, 2] = 10
+    monkeypatch.setenv("SRLM_HPC_CHECK_LABELS", "1")
+    with pytest.raises(RuntimeError, match=r"labels\[1, 2\] = 10 is out of range \[0, V=10\)"):
+        sequence_logprobs(logits, labels)
+    labels[1, 2] = -7
+    with pytest.raises(RuntimeError, match=r"labels\[1, 2\] = -7"):
+        sequence_logprobs(logits, labels)
+
+
+@requires_cuda
+def test_cuda_without_debug_flag_bad_label_gives_nan_for_its_sequence_only(monkeypatch):
+    monkeypatch.delenv("SRLM_HPC_CHECK_LABELS", raising=False)
+    logits, labels = make_inputs(3, 4, 10, torch.float32, "cuda")
+    labels[1, 2] = 10
+    x = logits.clone().requires_grad_()
+    out = sequence_logprobs(x, labels)
+    assert torch.isnan(out[1]) and torch.isfinite(out[[0, 2]]).all()
+    out.sum().backward()
+    assert torch.isfinite(x.grad[[0, 2]]).all() and torch.isnan(x.grad[1, 2]).all()
+
+
+NONFINITE_DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+
+
+def nonfinite_rows(V, dtype, device):
+    """Rows (label) chosen to hit each non-finite rule, with V large enough for several packs."""
+    x = (torch.randn(8, V, device=device) * 3).to(dtype)
+    y = torch.randint(0, V, (8,), device=device)
+    inf, nan = float("inf"), float("nan")
+    x[0, 5] = inf                       # +inf, label elsewhere: lse +inf, logp -inf
+    x[1, 5] = inf; y[1] = 5             # label on the +inf: inf - inf = NaN
+    x[2, 17] = nan                      # NaN among finite values
+    x[3, :] = -inf; x[3, 9] = nan; x[3, 10] = 0.5; y[3] = 10   # NaN in a pack of -inf
+    x[4, :] = -inf; x[4, V - 1] = nan; x[4, 0] = 0.5; y[4] = 0  # NaN alone at the tail
+    x[5, 3] = inf; x[5, 4] = nan        # NaN and +inf: NaN
+    x[6, ::3] = -inf; y[6] = 1          # many -inf: their gradient is exactly 0
+    x[7, :] = -inf; x[7, 2] = 1.0; y[7] = 2  # one finite value: logp 0
+    return x[:, None], y[:, None]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", NONFINITE_DTYPES, ids=["fp32", "bf16", "fp16", "fp64"])
+@pytest.mark.parametrize("V", [37, 4100])
+def test_non_finite_logits_match_pytorch(V, dtype, device):
+    x, y = nonfinite_rows(V, dtype, device)
+    ours, g_ours = ours_with_grad(x, y)
+    ref, g_ref = with_grad(lambda a, b: sequence_logprobs_reference(a, b, IGNORE),
+                           x.to(torch.float64), y)
+    for r in range(x.shape[0]):  # the same NaN / +-inf pattern, and close finite values
+        o, e = ours[r].double(), ref[r]
+        assert torch.isnan(o) == torch.isnan(e) and (torch.isinf(o) == torch.isinf(e)), (r, o, e)
+        if torch.isfinite(e):
+            assert abs(o - e) <= 1e-5 * max(1.0, abs(e)), (r, o.item(), e.item())
+        if torch.isinf(e):
+            assert o == e, (r, o.item(), e.item())
+    g_o, g_r = g_ours.double(), g_ref
+    assert torch.equal(torch.isnan(g_o), torch.isnan(g_r))
+    fin = torch.isfinite(g_r)
+    # -inf logits off the label: exactly zero, as in PyTorch (the old exp clamp gave 1.6e-38 * g)
+    zero = (x.double() == -float("inf")) & fin
+    assert (g_o[zero] == 0).all()
+    tol = 1e-5 if dtype in (torch.float32, torch.float64) else 1e-2
+    assert ((g_o[fin] - g_r[fin]).abs() <= tol).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fp16_subnormals_and_small_values_are_read_exactly(device):
+    """Every fp16 value with |x| < 2^-10, subnormals included, in one row: the exp sum
+    moves by ~1e-5 relative, which the forward's 1e-6 check sees if any is misread."""
+    bits = torch.arange(0, 0x1400, dtype=torch.int32)  # +0 ... 2^-10 - ulp (0x0000-0x13FF)
+    pos = bits.to(torch.int16).view(torch.float16)
+    row = torch.cat([pos, -pos, pos * 0 + 1]).to(device)  # -0 included; one 1.0 as the label
+    x = row[None, None, :].contiguous()
+    y = torch.tensor([[row.numel() - 1]], device=device)
+    ours, g_ours = ours_with_grad(x, y)
+    ref, g_ref = ref64(x, y)
+    assert abs(ours.double().item() - ref.item()) <= 1e-6 * abs(ref.item())
+    assert rel_err(g_ours, g_ref) <= 2 ** -10  # fp16 output: rounding alone
