@@ -106,7 +106,8 @@ def exit_code(rows) -> int:
     return EXIT_OK
 
 
-def print_report(rows, out=sys.stdout) -> None:
+def print_report(rows, out=None) -> None:
+    out = out or sys.stdout
     if not rows:
         print("no stage has been planned yet", file=out)
         return
@@ -133,6 +134,12 @@ def as_json(cfg, rows, code: int) -> dict:
                                       for sh, st, why, log in r["attention"]]} for k, s, r in rows]}
 
 
+def submitit_log(cfg, k: int, stage: str, job_id: str) -> str:
+    """The log submitit writes for array element `job_id` (1234_5 -> 1234_5_0_log.out), if it exists."""
+    path = cfg.log_dir / f"iter{k}" / stage / f"{job_id}_0_log.out"
+    return str(path) if job_id and path.exists() else ""
+
+
 def unfinished_shards_of(cfg, stages: list[str]) -> list[dict]:
     """Every shard of `stages` (iteration cfg.run.iter) without a verified output: why, and its log."""
     out = []
@@ -147,10 +154,12 @@ def unfinished_shards_of(cfg, stages: list[str]) -> list[dict]:
         for st in man.states(plan["n_shards"]):
             if man.verified_output(st) is not None:
                 continue
+            job_log = submitit_log(cfg, k, stage, man.queued_job(st.shard))
+            never_ran = ("its job ended before the shard started (see its log)" if job_log else
+                         "never ran: its job was cancelled or is gone (an upstream shard failed?)")
             why = st.error or ("done, but its output no longer matches the manifest" if st.state == "done" else
-                               "never ran: its job was cancelled or is gone (an upstream shard failed?)"
-                               if st.state == "pending" and not st.attempt else st.state)
-            log = st.log or (str(cfg.log_dir / f"iter{k}" / stage) + "/" if st.attempt else "")
+                               never_ran if st.state == "pending" and not st.attempt else st.state)
+            log = st.log or job_log
             out.append({"iter": k, "stage": stage, "shard": st.shard, "state": st.state, "why": why, "log": log})
     return out
 
@@ -170,7 +179,9 @@ def outcome_after_wait(work) -> int:
           f"command to resubmit them:", file=sys.stderr)
     for m in missing:
         shard = "(all)" if m["shard"] is None else f"shard {m['shard']:05d}"
-        print(f"  iter {m['iter']} {m['stage']} {shard} {m['state']}: {m['why']}"
+        why = " ".join(str(m["why"]).split())  # one line per shard, however long the error
+        why = why if len(why) <= 240 else why[:237] + "..."
+        print(f"  iter {m['iter']} {m['stage']} {shard} {m['state']}: {why}"
               + (f" (log: {m['log']})" if m["log"] else ""), file=sys.stderr)
     return EXIT_FAILED
 

@@ -156,3 +156,18 @@ def test_executor_auto_picks_slurm_only_when_the_controller_answers(tmp_path, mo
     # the same fake, now answering with an empty queue
     (tmp_path / "fake-slurm" / "squeue").write_text("#!/bin/sh\nexit 0\n")
     assert resolve_executor(Config()) == "slurm"
+
+
+def test_a_shared_manifest_dir_refuses_a_second_work_dir_under_the_same_run(tmp_path, capsys):
+    from srlm_hpc.config import parse_args
+    from srlm_hpc.submit import claim_manifest_root
+
+    first, _ = parse_args([f"work_dir={tmp_path / 'a'}", f"manifest_dir={tmp_path / 'm'}", "run=demo"])
+    claim_manifest_root(first)
+    claim_manifest_root(first)  # the same work dir again: fine
+    other, _ = parse_args([f"work_dir={tmp_path / 'b'}", f"manifest_dir={tmp_path / 'm'}", "run=demo"])
+    with pytest.raises(cli.UsageError, match=r"holds the manifests of run='demo' in work_dir=.*/a, not .*/b"):
+        claim_manifest_root(other)
+    assert submit(["stage=prompts", "executor=local", f"work_dir={tmp_path / 'b'}", f"manifest_dir={tmp_path / 'm'}",
+                   "run=demo"]) == 2
+    assert "give this run another run= or manifest_dir=" in capsys.readouterr().err

@@ -67,10 +67,13 @@ def wait_until(predicate, timeout: float, what: str):
 
 
 def finish(work: Path) -> None:
-    """Rerun the same submit until the queue drains with every shard done (what a user does)."""
+    """Rerun the same submit until it exits 0, which wait=true does only with every shard of both
+    stages done and verified (what a user's script does); 1 means some shard is not done yet."""
     for _ in range(3):
-        assert submit(["stage=prompts,responses", "executor=slurm", "wait=true", *args_for(work)]) == 0
-        if all(manifest(work, s).counts()["done"] == SHARDS[s] for s in STAGES):
+        code = submit(["stage=prompts,responses", "executor=slurm", "wait=true", *args_for(work)])
+        done = all(manifest(work, s).counts()["done"] == SHARDS[s] for s in STAGES)
+        assert code == (0 if done else 1), (code, [manifest(work, s).counts() for s in STAGES])
+        if done:
             return
     raise AssertionError(f"not done after 3 reruns: {[manifest(work, s).counts() for s in STAGES]}")
 
