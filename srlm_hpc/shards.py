@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 
 from tqdm import tqdm
 
+from . import progress
 from .config import Config
 from .files import CorruptFileError, FileInfo, iter_jsonl, read_jsonl, write_jsonl
 from .manifest import StageManifest
@@ -105,6 +106,7 @@ def run_chunked(out_path: Path, items: Sequence, chunk_size: int, process: Calla
         write_jsonl(part, chunk_records)
         records += chunk_records
         produced += len(chunk_records)
+        progress.update(c + 1, n_chunks, "chunk")  # for status, through the heartbeat (progress.py)
         bar.set_postfix(records=len(records), per_s=f"{produced / max(1e-9, time.time() - t0):.2f}")
     info = write_jsonl(out_path, records)
     for c in range(n_chunks):

@@ -26,7 +26,9 @@ import torch
 from tqdm import tqdm
 
 from ..files import atomic_open, replace_dir
+from .. import progress
 from ..preemption import Preempted, deferred_signals
+from .curves import StepCurves
 
 
 def batch_plan(n_examples: int, batch_size: int, epochs: int, seed: int) -> list[list[int]]:
@@ -137,6 +139,7 @@ def train(model, plan: list[list[int]], micro_batch_size: int, micro_step: Calla
     if start:
         print(f"[{desc}] resumed from the checkpoint of step {start} of {len(plan)}", flush=True)
     log_path = stage_dir / "train_log.jsonl"
+    curves = StepCurves(stage_dir, log)  # TensorBoard mirror of the log (curves.py)
     model.train()
     total = len(plan)
     bar = tqdm(range(start, total), desc=desc, initial=start, total=total, unit="step")
@@ -162,8 +165,10 @@ def train(model, plan: list[list[int]], micro_batch_size: int, micro_step: Calla
             if grad_norm is not None:
                 entry["grad_norm"] = round(float(grad_norm), 6)
             log.append(entry)
+            curves.step(entry)
             bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}")
             done = step + 1
+            progress.update(done, total, "step")
             if clock.due(done, bool(signals)):
                 save_checkpoint(ckpt_dir, model, optimizer, done, log)
                 write_log(log_path, log)
@@ -171,6 +176,7 @@ def train(model, plan: list[list[int]], micro_batch_size: int, micro_step: Calla
             if signals or (stop_after is not None and done >= stop_after):
                 break
         write_log(log_path, log)
+        curves.close()
     # Reached after a signal only if its own handler let the process go on.
     if signals and done < total:
         raise stopped_early(signals, done, total)
