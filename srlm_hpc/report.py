@@ -356,9 +356,21 @@ def write_report(cfg: Config) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .cli import main_with_help
+
+    return main_with_help(argv, __doc__ + "\nExit status: 0 the page is written (its path is printed), 1 the run "
+                          "has nothing to report yet, 2 a usage error.", _report)
+
+
+def _report(argv: list[str]) -> int:
     cfg = config_from_cli(argv)
     if cfg is None:
         return 2
+    if collect(cfg) and not any(v for d in collect(cfg).values() for v in d.values()):
+        print(f"error: {cfg.work_dir}: no iteration has finished anything to report yet (no summary.json, "
+              f"pairs/stats.json, dpo/train_log.jsonl or eval metrics); `python -m srlm_hpc.status "
+              f"work_dir={cfg.work_dir}` shows where it stands", file=sys.stderr)
+        return 1
     try:
         path = write_report(cfg)
     except FileNotFoundError as e:
