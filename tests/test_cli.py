@@ -171,3 +171,12 @@ def test_a_shared_manifest_dir_refuses_a_second_work_dir_under_the_same_run(tmp_
     assert submit(["stage=prompts", "executor=local", f"work_dir={tmp_path / 'b'}", f"manifest_dir={tmp_path / 'm'}",
                    "run=demo"]) == 2
     assert "give this run another run= or manifest_dir=" in capsys.readouterr().err
+
+
+def test_report_on_a_run_with_nothing_says_so(tmp_path, capsys):
+    from srlm_hpc.report import main as report
+
+    (tmp_path / "iter1").mkdir()
+    assert report([f"work_dir={tmp_path}"]) == 1
+    assert "no iteration has finished anything to report yet" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
