@@ -8,13 +8,14 @@ renamed over the target, and the directory is fsynced so the rename survives a c
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -41,13 +42,33 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask sets it, and threads race on that)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def new_file_mode() -> int:
+    """What open() would give a new file: 0666 less the umask (mkstemp's 0600 would lock a
+    shared group directory's readers out)."""
+    return 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[io.IOBase]:
-    """Open a temp file beside `path`; on clean exit fsync it and rename it over `path`."""
+    """Open a temp file beside `path` (a unique name: two writers never share one); on clean
+    exit fsync it and rename it over `path`, with the permissions the umask gives."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -71,6 +92,32 @@ def replace_dir(tmp: Path, dest: Path) -> None:
     tmp.rename(dest)
     fsync_dir(dest.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def temp_dir_beside(dest: Path) -> Path:
+    """A new, uniquely named, hidden folder beside `dest` to build it in: two writers (a
+    duplicate task, a requeued one whose old process lives) never share one."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+
+
+def sweep_temps(folder: Path, names: tuple[str, ...]) -> list[str]:
+    """Remove the temp files and folders a killed writer left in `folder`: `.<name>.*.tmp` for
+    each name (and the old fixed `<name>.tmp` and `.<name>.tmp`). Only the owner of the shard those names belong
+    to calls this, so no live writer's temp is removed."""
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for name in names:
+        for p in [*folder.glob(f".{name}.*.tmp"), folder / f"{name}.tmp", folder / f".{name}.tmp"]:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.exists():
+                p.unlink(missing_ok=True)
+            else:
+                continue
+            removed.append(p.name)
+    return removed
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -103,17 +150,83 @@ def file_info(path: str | Path, records: int) -> FileInfo:
     return FileInfo(str(path), records, path.stat().st_size, sha256_file(path))
 
 
-def verify_file(path: str | Path, size: int, sha256: str) -> None:
-    """Raise CorruptFileError unless `path` has exactly the recorded size and hash."""
+def file_stamp(path: str | Path) -> list[int]:
+    """[size, mtime_ns, inode]: while these are unchanged the bytes are taken as unchanged."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def verify_file(path: str | Path, size: int, sha256: str, stamp: list[int] | None = None) -> None:
+    """Raise CorruptFileError unless `path` has exactly the recorded size and hash. Given the
+    `stamp` recorded with the hash, a file whose size, mtime and inode are all unchanged is
+    not hashed again (a 70B model folder takes minutes to hash)."""
     path = Path(path)
-    if not path.exists():
-        raise CorruptFileError(f"{path}: missing (expected {size} bytes, sha256 {sha256[:12]}...)")
-    actual = path.stat().st_size
+    try:
+        now = file_stamp(path)
+    except FileNotFoundError:
+        raise CorruptFileError(f"{path}: missing (expected {size} bytes, sha256 {sha256[:12]}...)") from None
+    actual = now[0]
     if actual != size:
         raise CorruptFileError(f"{path}: {actual} bytes, expected {size} (truncated or rewritten)")
+    if stamp is not None and list(stamp) == now:
+        return
     digest = sha256_file(path)
     if digest != sha256:
         raise CorruptFileError(f"{path}: sha256 {digest[:12]}... does not match recorded {sha256[:12]}...")
+
+
+# ---- a stage's output: one file, or a file standing for several ------------------------------
+MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def output_parts(path: str | Path) -> list[dict]:
+    """Every other file the output at `path` consists of, each with size, sha256 and stamp:
+    all files of a model folder (weights shards, config, tokenizer) when `path` is its weights
+    file; the files an index lists (the pairs stage's index.json) when it lists some."""
+    path = Path(path)
+    if path.name in MODEL_FILES and (path.parent / "config.json").exists():
+        files = sorted(p for p in path.parent.rglob("*") if p.is_file() and not p.name.startswith(".") and p != path)
+        return [{"path": str(p), "bytes": p.stat().st_size, "sha256": sha256_file(p), "stamp": file_stamp(p)}
+                for p in files]
+    if path.suffix == ".json":
+        with contextlib.suppress(ValueError, OSError, TypeError, KeyError, AttributeError):
+            listed = json.loads(path.read_text()).get("files")
+            if isinstance(listed, list) and listed and all({"path", "bytes", "sha256"} <= set(f) for f in listed):
+                return [{"path": str(path.parent / f["path"]), "bytes": f["bytes"], "sha256": f["sha256"],
+                         "stamp": file_stamp(path.parent / f["path"])} for f in listed]
+    return []
+
+
+def describe_output(info: FileInfo) -> dict:
+    """What the manifest records of a shard's output: the FileInfo, its stamp, its parts and a
+    digest over all of them (what a downstream shard records as the input it read)."""
+    out = asdict(info)
+    out["stamp"] = file_stamp(info.path)
+    out["parts"] = output_parts(info.path)
+    out["digest"] = output_digest(out)
+    return out
+
+
+def output_digest(output: dict) -> str:
+    parts = output.get("parts") or []
+    if not parts:
+        return output["sha256"]
+    h = hashlib.sha256(output["sha256"].encode())
+    for p in sorted(parts, key=lambda p: p["path"]):
+        h.update(f"\0{os.path.basename(p['path'])}\0{p['sha256']}".encode())
+    return h.hexdigest()
+
+
+def output_info(output: dict) -> FileInfo:
+    return FileInfo(output["path"], output["records"], output["bytes"], output["sha256"])
+
+
+def verify_output(output: dict, full: bool = False) -> None:
+    """Raise CorruptFileError unless the output file and every part still match. `full`:
+    hash everything, even files whose stamp is unchanged."""
+    verify_file(output["path"], output["bytes"], output["sha256"], None if full else output.get("stamp"))
+    for p in output.get("parts") or []:
+        verify_file(p["path"], p["bytes"], p["sha256"], None if full else p.get("stamp"))
 
 
 def encode_jsonl(records: Iterable[dict]) -> tuple[bytes, int]:

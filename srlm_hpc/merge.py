@@ -5,12 +5,12 @@
 Judge shards are streamed in shard order, each checked against the judge manifest: size
 before reading, sha256 (hashed a shard ahead in a thread) at its end. Pairs go to
 `pairs/pairs-<NNNNN>.jsonl.zst`, at most `pairs.records_per_file` each, one zstd frame per
-file, first as `.pairs-<NNNNN>.jsonl.zst.tmp`, renamed only once the file is full AND every
+file, first as `.pairs-<NNNNN>.jsonl.zst.<token>.tmp` (a name of this merge's own), renamed only once the file is full AND every
 shard it drew from has been verified to the end: a bad shard never reaches a finished file.
 
 Resume state, `pairs/merge_state.json`, rewritten atomically after each shard that finished
 a file (the progress is durable file by file):
-    params    what the output bytes depend on: iter, tie_break, min_valid,
+    params    what the output bytes depend on: iter, tie_break, allow_truncated, min_valid,
               records_per_file, zstd level, single- or multi-threaded zstd
     shards    judge shards read so far: shard, path, bytes, sha256, lines
     files     finished files: name, records, bytes, sha256, raw_bytes, sources (shard and
@@ -25,16 +25,23 @@ from its first record with the same compressor settings, so the bytes equal thos
 uninterrupted merge. A rerun after completion only checks the files.
 
 A shard that is missing, truncated, has another hash, a line that is not JSON or a record
-that lacks a field is refused: the error names the shard and line, the judge manifest marks
-the shard failed (so `submit stage=judge` regenerates it), finished files are kept.
+that lacks a field or has one of the wrong type is refused: the error names the shard and
+line, the judge manifest marks the shard failed (so `submit stage=judge` regenerates it),
+finished files are kept. Nothing else blames a judge shard: an I/O error while reading one
+(NFS EIO, ESTALE: transient) and an error of the pairing rules themselves fail the merge
+alone, and a rerun retries it.
+
+One merger per iteration, across nodes: `pairs/.merge.lock`, created O_EXCL (locks.py);
+`flock` is refused on Lustre mounted `noflock` and node-local under `localflock` or NFS
+`nolock`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +51,8 @@ import zstandard
 
 from .config import Config, env_threads
 from .files import CorruptFileError, FileInfo, atomic_write_json, fsync_dir, read_json, sha256_file, verify_file
-from .manifest import StageManifest
+from .locks import LockBusyError, file_lock
+from .manifest import StageManifest, note_read
 from .schema import Response, ResponseSet, SchemaError
 from .shards import UpstreamNotReadyError, _ranges
 
@@ -77,6 +85,7 @@ def judge_sources(cfg: Config) -> list[Source]:
     for st in man.states(plan["n_shards"]):
         if st.state == "done" and st.output:
             out.append(Source(st.shard, Path(st.output["path"]), st.output["bytes"], st.output["sha256"]))
+            note_read(cfg.run.iter, UPSTREAM, st.shard, st.output.get("digest") or st.output["sha256"])
         else:
             missing.append(st.shard)
     if missing:
@@ -108,9 +117,11 @@ class _Sink:
 
 
 class _OutFile:
-    def __init__(self, out_dir: Path, number: int, level: int, threads: int, shard: int, line: int, stats: dict):
+    def __init__(self, out_dir: Path, number: int, level: int, threads: int, shard: int, line: int, stats: dict,
+                 token: str = ""):
         self.name = f"pairs-{number:05d}.jsonl.zst"
-        self.final, self.tmp = out_dir / self.name, out_dir / f".{self.name}.tmp"
+        token = token or uuid.uuid4().hex[:12]
+        self.final, self.tmp = out_dir / self.name, out_dir / f".{self.name}.{token}.tmp"
         self.start = {"shard": shard, "line": line, "stats": _copy(stats)}
         self.sources: list[list[int]] = []  # [shard, first line, end line) the file drew on
         self.records = self.raw = 0
@@ -169,15 +180,17 @@ def _shard_lines(src: Source, counter: list[int], digest: Future):
     dctx = zstandard.ZstdDecompressor().decompressobj() if src.path.suffix == ".zst" else None
     try:
         f = open(src.path, "rb")
-    except OSError as e:
-        raise CorruptFileError(f"{src.path}: cannot be read ({e})") from e
+    except FileNotFoundError as e:
+        raise CorruptFileError(f"{src.path}: missing (the judge manifest records {src.bytes} bytes)") from e
+    # Any other OSError (EIO, ESTALE on NFS) propagates as it is: most likely transient, and
+    # not the shard's fault, so the shard is not rejected and a rerun of the merge retries.
     with f:
         while True:
+            raw = f.read(READ_CHUNK)
             try:
-                raw = f.read(READ_CHUNK)
                 block = dctx.decompress(raw) if dctx is not None and raw else raw
-            except (OSError, zstandard.ZstdError) as e:  # the shard's fault, never the output's
-                raise CorruptFileError(f"{src.path}: cannot be read ({e})") from e
+            except zstandard.ZstdError as e:  # the bytes are bad: the shard's fault
+                raise CorruptFileError(f"{src.path}: corrupt zstd data ({e})") from e
             if not raw:
                 break
             lines = (rest + block).split(b"\n")
@@ -212,14 +225,13 @@ def _response_set(d, path: Path, lineno: int) -> ResponseSet:
 # ---- the merge ------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _lock(out_dir: Path):
-    """One merger per iteration: a second one would race on the same temp files."""
-    with open(out_dir / ".merge.lock", "a") as f:  # "a": a finished merge's rerun changes no file
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            raise RuntimeError(f"{out_dir}: another merge of this iteration is running (it holds "
-                               f"{out_dir / '.merge.lock'}); wait for it to finish") from e
-        yield
+    """One merger per iteration, on any node: a second one would rewrite the same files.
+    The holder touches the lock every 30 s; one untouched for 10 min was left by a dead node."""
+    try:
+        with file_lock(out_dir / ".merge.lock", f"the merge of {out_dir}", stale_s=600, refresh_s=30) as held:
+            yield held
+    except LockBusyError as e:
+        raise RuntimeError(f"{out_dir}: another merge of this iteration is running; {e}") from e
 
 
 def resolved_threads(cfg: Config) -> int:
@@ -242,8 +254,10 @@ class _Merge:
         self.cfg, self.dir, self.rules, self.log = cfg, out_dir, rules, log
         self.state_path, self.index_path = out_dir / "merge_state.json", out_dir / "index.json"
         self.threads = resolved_threads(cfg)
+        self.token = uuid.uuid4().hex[:12]  # this merge's temp names
         p = cfg.pairs
         self.params = {"version": STATE_VERSION, "iter": cfg.run.iter, "tie_break": p.tie_break,
+                       "allow_truncated": p.allow_truncated,
                        "min_valid": p.min_valid, "records_per_file": p.records_per_file,
                        "zstd_level": p.zstd_level, "zstd_multithreaded": self.threads > 0}
         if p.records_per_file < 1:
@@ -318,7 +332,7 @@ class _Merge:
 
     def new_file(self, state: dict, pending: list, shard: int, line: int, stats: dict) -> _OutFile:
         return _OutFile(self.dir, len(state["files"]) + len(pending), self.cfg.pairs.zstd_level, self.threads,
-                        shard, line, stats)
+                        shard, line, stats, token=self.token)
 
     def stream(self, state: dict, sources: list[Source], stats: dict) -> None:
         it, p = self.cfg.run.iter, self.cfg.pairs
@@ -348,11 +362,12 @@ class _Merge:
                         except orjson.JSONDecodeError as e:
                             raise CorruptFileError(f"{src.path}:{i + 1}: not valid JSON ({e})") from e
                         rs = _response_set(d, src.path, i + 1)
-                        try:
-                            pair, why = build(rs, it, p.tie_break, p.min_valid)
+                        try:  # a TypeError is a field of the wrong type: the record's schema, the
+                            # shard's fault; any other error is the rules' own and rejects nothing
+                            pair, why = build(rs, it, p.tie_break, p.min_valid, p.allow_truncated)
                             add_to_stats(stats, rs, pair, why)
-                        except (TypeError, ValueError, AttributeError) as e:
-                            raise CorruptFileError(f"{src.path}:{i + 1}: bad judge record ({e})") from e
+                        except TypeError as e:
+                            raise SchemaError(f"{src.path}:{i + 1}: bad judge record ({e})") from e
                         if pair is None:
                             continue
                         out.add(dumps(pair, option=opt))
@@ -362,7 +377,7 @@ class _Merge:
                             pending.append(out)
                             out = self.new_file(state, pending, src.shard, i + 1, stats)
                             out.sources.append([src.shard, i + 1, i + 1])
-                except (CorruptFileError, SchemaError) as e:  # the shard's fault; an OSError of ours propagates
+                except (CorruptFileError, SchemaError) as e:  # the shard's fault; I/O and rule errors propagate
                     raise self.reject(src, e, state) from e
                 n_lines = counter[0]
                 out.sources[-1][2] = n_lines

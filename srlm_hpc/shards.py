@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from . import progress
 from .config import Config
-from .files import CorruptFileError, FileInfo, iter_jsonl, read_jsonl, write_jsonl
-from .manifest import StageManifest
+from .files import CorruptFileError, FileInfo, iter_jsonl, output_digest, output_info, read_jsonl, write_jsonl
+from .manifest import StageManifest, note_read
 
 
 class UpstreamNotReadyError(RuntimeError):
@@ -44,34 +44,48 @@ def shard_output(cfg: Config, stage: str, shard: int) -> Path:
     return cfg.stage_dir(stage) / f"shard-{shard:05d}.jsonl"
 
 
-def upstream_outputs(cfg: Config, stage: str) -> list[FileInfo]:
-    """Outputs of every shard of `stage` in shard order, each verified; error if any is not done."""
+def verified_upstream(cfg: Config, stage: str) -> list[tuple[int, FileInfo, str]]:
+    """(shard, output, digest) of every shard of `stage` in shard order, each verified; error,
+    naming the first problem, if any is not done."""
     man = StageManifest(cfg.manifest_root, cfg.run.iter, stage)
     plan = man.plan()
     if plan is None:
         raise UpstreamNotReadyError(f"stage {stage} of iter {cfg.run.iter} has not been planned yet: run it first")
-    infos, missing = [], []
+    out, missing, why = [], [], ""
     for st in man.states(plan["n_shards"]):
-        info = man.verified_output(st)
-        if info is None:
-            missing.append(st.shard)
+        problem = man.output_problem(st)
+        if problem is None:
+            out.append((st.shard, output_info(st.output), output_digest(st.output)))
         else:
-            infos.append(info)
+            missing.append(st.shard)
+            why = why or (f" (shard {st.shard}: {problem})" if st.state == "done" else "")
     if missing:
         raise UpstreamNotReadyError(
-            f"stage {stage} of iter {cfg.run.iter}: shard(s) {_ranges(missing)} of {plan['n_shards']} are not done "
-            f"(or their output no longer matches the manifest): finish {stage} first")
+            f"stage {stage} of iter {cfg.run.iter}: shard(s) {_ranges(missing)} of {plan['n_shards']} are not done"
+            f"{why}: finish {stage} first (rerunning it redoes what is damaged or stale)")
+    return out
+
+
+def upstream_outputs(cfg: Config, stage: str) -> list[FileInfo]:
+    """Outputs of every shard of `stage` in shard order, each verified; error if any is not done.
+    All of them count as read by the shard running now (manifest.note_read)."""
+    infos = []
+    for shard, info, digest in verified_upstream(cfg, stage):
+        note_read(cfg.run.iter, stage, shard, digest)
+        infos.append(info)
     return infos
 
 
 def upstream_range(cfg: Config, stage: str, start: int, stop: int) -> list[dict]:
-    """Records [start, stop) of `stage`'s output, counted across its shards in order."""
+    """Records [start, stop) of `stage`'s output, counted across its shards in order; only the
+    shards holding them count as read."""
     out, offset = [], 0
-    for info in upstream_outputs(cfg, stage):
+    for shard, info, digest in verified_upstream(cfg, stage):
         lo, hi = offset, offset + info.records
         offset = hi
         if hi <= start or lo >= stop:
             continue
+        note_read(cfg.run.iter, stage, shard, digest)
         for j, rec in enumerate(iter_jsonl(info.path)):
             if start <= lo + j < stop:
                 out.append(rec)

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from srlm_hpc.files import write_jsonl
@@ -87,3 +89,115 @@ def test_triage_counts_failures_not_preemptions_against_the_retry_limit(tmp_path
     assert to_submit == [0, 3, 4] and sub.exhausted == [1] and sub.in_queue == {2: "50_2"}
     st = man.get(3)
     assert (st.state, st.failures) == ("pending", 1) and "left the queue" in st.error
+
+
+# ---- one owner per shard ---------------------------------------------------------------------
+class _LateBeat(StageManifest):
+    """Between the heartbeat's read of the shard and its write, another run finishes the shard:
+    the interleaving that put a done shard back to running when beats rewrote the shard file."""
+
+    def __init__(self, *a, finish):
+        super().__init__(*a)
+        self.finish, self.armed = finish, False
+
+    def get(self, shard):
+        st = super().get(shard)
+        if self.armed:
+            self.armed = False
+            self.finish()
+        return st
+
+
+def test_a_late_heartbeat_never_puts_a_done_shard_back_to_running(tmp_path):
+    info = write_jsonl(tmp_path / "out.jsonl", [{"x": 1}])
+    other = StageManifest(tmp_path / "m", 1, "judge")
+    man = _LateBeat(tmp_path / "m", 1, "judge", finish=lambda: other.mark_done(0, info))
+    st = man.mark_running(0)
+    man.armed = True
+    man.heartbeat(0, st.owner)  # reads "running", then the other run marks it done, then it writes
+    st = other.get(0)
+    assert st.state == "done" and other.verified_output(st) == info
+
+
+def test_a_second_live_run_backs_off_and_a_lost_owner_writes_nothing(tmp_path):
+    from srlm_hpc.manifest import OwnershipLostError, ShardBusyError
+
+    man = StageManifest(tmp_path / "m", 1, "judge")
+    first = man.claim(0, "owner-a", liveness_s=30)
+    assert first.pid == os.getpid()
+    # A live owner on this host (its process exists): the second run backs off at once.
+    man._put(replace_state(man.get(0), pid=os.getppid()))
+    with pytest.raises(ShardBusyError, match="is running under job"):
+        man.claim(0, "owner-b", liveness_s=30)
+    assert man.get(0).owner == "owner-a"
+    # Its process gone: the shard is taken over, the old owner's later writes are refused.
+    man._put(replace_state(man.get(0), pid=_dead_pid()))
+    taken = man.claim(0, "owner-b", liveness_s=30)
+    assert (taken.owner, taken.attempt, taken.history[-1]["state"]) == ("owner-b", 2, "abandoned")
+    info = write_jsonl(tmp_path / "out.jsonl", [{"x": 1}])
+    with pytest.raises(OwnershipLostError, match="now owned by"):
+        man.mark_done(0, info, owner="owner-a")
+    with pytest.raises(OwnershipLostError):
+        man.mark_failed(0, RuntimeError("late"), owner="owner-a")
+    assert not man.heartbeat(0, "owner-a")
+    assert man.get(0).state == "running" and man.get(0).owner == "owner-b"
+    man.mark_done(0, info, owner="owner-b")
+    assert man.verified_output(man.get(0)) == info
+
+
+def test_an_owner_on_another_node_is_alive_while_its_heartbeat_advances(tmp_path):
+    import threading
+
+    from srlm_hpc.manifest import ShardBusyError
+
+    man = StageManifest(tmp_path / "m", 1, "judge")
+    man.claim(0, "owner-a")
+    man._put(replace_state(man.get(0), host="elsewhere", pid=1))
+    stop = threading.Event()
+    beats = threading.Thread(target=lambda: [man.heartbeat(0, "owner-a") for _ in iter(lambda: stop.wait(0.2), True)])
+    beats.start()
+    try:
+        with pytest.raises(ShardBusyError):
+            man.claim(0, "owner-b", liveness_s=2)
+    finally:
+        stop.set()
+        beats.join()
+    assert man.claim(0, "owner-b", liveness_s=0.5).owner == "owner-b"  # its beats stopped: taken over
+
+
+def test_two_tasks_claiming_the_same_attempt_get_one_owner(tmp_path):
+    import multiprocessing as mp
+
+    root = str(tmp_path / "m")
+    ctx = mp.get_context("fork")
+    with ctx.Pool(8) as pool:
+        won = pool.map(_try_claim, [(root, f"owner-{i}") for i in range(16)])
+    winners = [w for w in won if w]
+    st = StageManifest(root, 1, "judge").get(0)
+    assert len(winners) == 1 and st.owner == winners[0] and st.attempt == 1
+
+
+def _try_claim(args):
+    from srlm_hpc.manifest import ShardBusyError
+
+    root, owner = args
+    try:
+        StageManifest(root, 1, "judge").claim(0, owner, liveness_s=30)
+        return owner
+    except ShardBusyError:
+        return ""
+
+
+def replace_state(st, **kw):
+    for k, v in kw.items():
+        setattr(st, k, v)
+    return st
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid

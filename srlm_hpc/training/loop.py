@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from ..files import atomic_open, replace_dir
+from ..files import atomic_open, replace_dir, temp_dir_beside
 from .. import progress
 from ..preemption import Preempted, deferred_signals
 from .curves import StepCurves
@@ -81,14 +81,16 @@ def stopped_early(signals, done: int, total: int, who: str = "") -> Preempted:
 
 
 def save_checkpoint(ckpt_dir: Path, model, optimizer, step: int, log: list[dict]) -> None:
-    tmp = ckpt_dir.with_name(ckpt_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = temp_dir_beside(ckpt_dir)  # unique: a duplicate run never writes into ours
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
              "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "log": log}
-    with atomic_open(tmp / "state.pt") as f:
-        torch.save(state, f)
-    replace_dir(tmp, ckpt_dir)
+    try:
+        with atomic_open(tmp / "state.pt") as f:
+            torch.save(state, f)
+        replace_dir(tmp, ckpt_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves the previous checkpoint, no half folder
+        raise
 
 
 def load_checkpoint(ckpt_dir: Path, model, optimizer) -> tuple[int, list[dict]]:

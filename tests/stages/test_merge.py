@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from srlm_hpc import files as files_mod
 from srlm_hpc import merge as merge_mod
 from srlm_hpc.config import absolute_paths, build_config
 from srlm_hpc.files import CorruptFileError, file_info, read_json, verify_file, write_jsonl
@@ -128,7 +129,7 @@ def test_stats_count_every_prompt_and_the_length_ratio(reference):
     results = [pairs.build_pair(ResponseSet.from_dict(r), 1) for recs in shards for r in recs]
     kept = [p for p, _ in results if p]
     assert stats["prompts"] == 160 and stats["pairs"] == len(kept)
-    assert stats["dropped"] == {why: sum(w == why for _, w in results) for why in ("all_tied", "too_few_scored")}
+    assert stats["dropped"] == {why: sum(w == why for _, w in results) for why in pairs.DROP_REASONS}
     assert stats["dropped"]["all_tied"] > 0 and stats["dropped"]["too_few_scored"] > 0
     assert sum(stats["chosen_score_hist"]) == sum(stats["rejected_score_hist"]) == len(kept)
     samples = [s for recs in shards for r in recs for resp in r["responses"] for s in resp["judge_scores"]]
@@ -377,14 +378,17 @@ def test_a_damaged_output_file_is_rebuilt_and_iter_pairs_refuses_it(reference, t
     run_merge(cfg)
     victim = cfg.stage_dir("pairs") / "pairs-00002.jsonl.zst"
     victim.write_bytes(victim.read_bytes()[:-5])
-    with pytest.raises(CorruptFileError, match="pairs-00002"):
+    # Every file the output lists is part of it: the stage is no longer done, and says why.
+    man = StageManifest(cfg.manifest_root, 1, "pairs")
+    assert man.verified_output(man.get(0)) is None
+    with pytest.raises(UpstreamNotReadyError, match="pairs-00002.jsonl.zst: .* bytes, expected"):
         list(pairs.iter_pairs(cfg))
-    StageManifest(cfg.manifest_root, 1, "pairs").mark_pending(0, "test: damaged output")
-    run_merge(cfg)
+    run_merge(cfg)  # the rerun heals it: no hand-made reset in between
+    assert man.verified_output(man.get(0)) is not None
     assert_same_outputs(outputs(cfg), want)
 
 
-def test_a_range_of_pairs_reads_only_the_files_that_hold_it(tmp_path):
+def test_a_range_of_pairs_reads_only_the_files_that_hold_it(tmp_path, monkeypatch):
     cfg = make_cfg(tmp_path)
     write_judged(cfg)
     run_merge(cfg)
@@ -392,12 +396,14 @@ def test_a_range_of_pairs_reads_only_the_files_that_hold_it(tmp_path):
     assert len(every) > 30  # 7 pairs a file: ranges below start and end inside files and across them
     for start, stop in [(0, 7), (3, 4), (5, 19), (14, 21), (20, len(every)), (len(every) - 2, None), (len(every), None)]:
         assert list(pairs.iter_pairs(cfg, start, stop)) == every[start:stop], (start, stop)
-    # pairs 7..13 sit in file 1 alone: damage files 0 and 3, and that range still reads
-    for name in ("pairs-00000.jsonl.zst", "pairs-00003.jsonl.zst"):
-        (cfg.stage_dir("pairs") / name).write_bytes(b"damaged")
+    # pairs 7..13 sit in file 1 alone: that range reads (and hashes) that file and no other
+    hashed, read = [], []
+    real_sha, real_iter = files_mod.sha256_file, pairs.iter_jsonl
+    monkeypatch.setattr(files_mod, "sha256_file", lambda p, *a: hashed.append(Path(p).name) or real_sha(p, *a))
+    monkeypatch.setattr(pairs, "iter_jsonl", lambda p: read.append(Path(p).name) or real_iter(p))
     assert list(pairs.iter_pairs(cfg, 7, 14)) == every[7:14]
-    with pytest.raises(CorruptFileError, match="pairs-00003"):
-        list(pairs.iter_pairs(cfg, 12, 24))
+    assert read == ["pairs-00001.jsonl.zst"]
+    assert [h for h in hashed if h.startswith("pairs-")] == ["pairs-00001.jsonl.zst"]
 
 
 def test_an_unfinished_judge_stage_is_reported(tmp_path):
