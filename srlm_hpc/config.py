@@ -508,6 +508,9 @@ def _validate(cfg: Config) -> Config:
         problems.append("deepspeed.offload_params=true: expected deepspeed.zero_stage=3 (only ZeRO-3 shards parameters)")
     if cfg.responses.n < 2:
         problems.append(f"responses.n={cfg.responses.n}: expected at least 2 (a pair needs two responses)")
+    if cfg.eval.max_rm_prompts == 0 and cfg.eval.max_h2h_prompts == 0:
+        problems.append("eval.max_rm_prompts=0 and eval.max_h2h_prompts=0: expected at least one above 0 "
+                        "(an eval of zero prompts is a plan with no work)")
     if problems:
         raise ConfigError("bad configuration:\n  " + "\n  ".join(problems))
     return cfg

@@ -69,3 +69,37 @@ def test_deepspeed_settings_are_checked_together():
         build_config({"dpo.backend": "megatron"})
     cfg = build_config({"deepspeed.zero_stage": "3", "deepspeed.offload_params": "true", "dpo.backend": "deepspeed"})
     assert (cfg.deepspeed.zero_stage, cfg.deepspeed.offload_params, cfg.dpo.backend) == (3, True, "deepspeed")
+
+
+def test_bounds_table_lists_every_bad_value_at_once():
+    """issue 13, item 11: each of these was accepted; dpo.micro_batch_size=0 crashed the validator."""
+    with pytest.raises(ConfigError) as e:
+        parse_args(["dpo.micro_batch_size=0", "slurm.heartbeat_s=0", "slurm.max_retries=0", "pairs.min_valid=0",
+                    "dpo.lr=nan", "dpo.beta=-1", "pairs.zstd_level=99", "prompts.n_prompts=0", "sft.lr=inf",
+                    "eval.max_rm_prompts=0", "eval.max_h2h_prompts=0"])
+    msg = str(e.value)
+    for line in ("dpo.micro_batch_size=0: expected a value >= 1", "slurm.heartbeat_s=0.0: expected a value >= 1",
+                 "slurm.max_retries=0: expected a value >= 1", "pairs.min_valid=0: expected a value >= 2",
+                 "dpo.lr=nan: expected a finite number", "dpo.beta=-1.0: expected a value > 0",
+                 "pairs.zstd_level=99: expected a value in [1, 22]", "prompts.n_prompts=0: expected a value >= 1",
+                 "sft.lr=inf: expected a finite number", "an eval of zero prompts is a plan with no work"):
+        assert line in msg, line
+    assert "ZeroDivisionError" not in msg
+
+
+@pytest.mark.parametrize("name", ["../../etc", "..", ".hidden", "a/b", ""])
+def test_run_name_cannot_leave_the_manifest_dir(name):
+    with pytest.raises(ConfigError, match=r"run=.*: expected a name of letters, digits"):
+        parse_args([f"run={name}"])
+
+
+def test_every_bound_names_a_real_key_and_accepts_its_default():
+    from srlm_hpc.config import BOUNDS, _valid_keys, bound_problems
+
+    assert set(BOUNDS) <= set(_valid_keys())
+    assert bound_problems(Config()) == []
+
+
+def test_stale_after_must_exceed_the_heartbeat():
+    with pytest.raises(ConfigError, match="slurm.stale_after_s=30.0: expected more than slurm.heartbeat_s=60.0"):
+        parse_args(["slurm.stale_after_s=30"])
