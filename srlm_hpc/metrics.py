@@ -11,10 +11,17 @@ every function here:
 - Two replies with the same human rank are not a pair (oasst1 ranks siblings distinctly,
   so this only happens in malformed data); such a prompt can still match exactly.
 - Spearman and Kendall tau correlate the judge score with the *negated* human rank, so a
-  positive value means agreement (higher score, better rank). They are pooled over every
-  scored reply of every prompt, not averaged per prompt: with 2-3 replies per prompt a
-  per-prompt coefficient is +-1 or undefined. Ties get average ranks (Spearman) and the
-  tau-b correction (Kendall), as scipy.stats.spearmanr / kendalltau do by default.
+  positive value means agreement (higher score, better rank). Ties get average ranks
+  (Spearman) and the tau-b correction (Kendall), as scipy.stats.spearmanr / kendalltau do.
+- Pooled versus per prompt. `spearman`, `kendall_tau` and `pairwise_accuracy` are *pooled*:
+  one coefficient over every scored reply of every prompt (one accuracy over every pair).
+  A pooled correlation mostly measures calibration across prompts (is a 4 on one prompt
+  better than a 3 on another?), which no human rank compares. The `*_per_prompt` numbers
+  average one value per prompt instead (a prompt whose coefficient is undefined, e.g. all
+  scores equal, is left out and counted in `n_prompts_correlated`); with 2-3 replies per
+  prompt a per-prompt coefficient is coarse (+-1, +-0.5, 0). Exact match is per prompt by
+  nature; `five_best_per_prompt` averages, over prompts with a reply scored 5, the share of
+  those that are the human best.
 
 Head-to-head: a judge compares answers of a new and an old model in both orders; an order
 whose verdict does not parse makes the comparison *unparsed* (reported, not counted in
@@ -181,6 +188,34 @@ def kendall_tau(prompts: Iterable[Prompt]) -> float | None:
     return kendall_tau_b(*_pooled(prompts))
 
 
+def per_prompt(prompts: Iterable[Prompt], coefficient) -> tuple[float | None, int]:
+    """(mean over prompts of coefficient(scores, -ranks) on that prompt's scored replies, prompts
+    where it is defined)."""
+    values = []
+    for ranks, scores in prompts:
+        xs, ys = _pooled([(ranks, scores)])
+        v = coefficient(xs, ys)
+        if v is not None:
+            values.append(v)
+    return (sum(values) / len(values) if values else None), len(values)
+
+
+def pairwise_accuracy_per_prompt(prompts: Iterable[Prompt]) -> float | None:
+    """Mean over prompts (with a pair) of that prompt's pairwise accuracy."""
+    accs = [a / t for a, t in (pair_outcomes(r, s) for r, s in prompts) if t]
+    return sum(accs) / len(accs) if accs else None
+
+
+def five_best_per_prompt(prompts: Iterable[Prompt], top: float = 5.0) -> float | None:
+    """Mean over prompts with a reply scored `top` of the share of those that are the human best."""
+    shares = []
+    for ranks, scores in prompts:
+        share, n = five_best([(ranks, scores)], top)
+        if n:
+            shares.append(share)
+    return sum(shares) / len(shares) if shares else None
+
+
 def parse_rate(samples: Iterable[Score]) -> float | None:
     """Share of judge samples that gave a valid score."""
     samples = list(samples)
@@ -188,16 +223,22 @@ def parse_rate(samples: Iterable[Score]) -> float | None:
 
 
 def reward_modeling(prompts: Iterable[Prompt], samples: Iterable[Score] = ()) -> dict:
-    """Every reward-modeling number at once; fractions in [0, 1] (the report prints %)."""
+    """Every reward-modeling number at once; fractions in [0, 1] (the report prints %). Plain
+    names are pooled over replies (pairs); `*_per_prompt` are averages of per-prompt values."""
     prompts = [(list(r), list(s)) for r, s in prompts]
     fb, n_five = five_best(prompts)
     n_pairs = sum(pair_outcomes(r, s)[1] for r, s in prompts)
+    rho, n_rho = per_prompt(prompts, spearman_xy)
+    tau, _ = per_prompt(prompts, kendall_tau_b)
     return {
         "n_prompts": len(prompts), "n_replies": sum(len(r) for r, _ in prompts), "n_pairs": n_pairs,
         "n_scored": sum(s is not None for _, sc in prompts for s in sc),
         "pairwise_accuracy": pairwise_accuracy(prompts), "five_best": fb, "n_five": n_five,
         "exact_match": exact_match(prompts), "spearman": spearman(prompts), "kendall_tau": kendall_tau(prompts),
         "parse_rate": parse_rate(samples),
+        "pairwise_accuracy_per_prompt": pairwise_accuracy_per_prompt(prompts),
+        "five_best_per_prompt": five_best_per_prompt(prompts), "exact_match_per_prompt": exact_match(prompts),
+        "spearman_per_prompt": rho, "kendall_tau_per_prompt": tau, "n_prompts_correlated": n_rho,
     }
 
 
@@ -238,7 +279,8 @@ def head_to_head(outcomes: Iterable[str | None]) -> dict:
 
 # ---- lengths -------------------------------------------------------------------------------------
 def length_stats(lengths: Sequence[int]) -> dict:
-    """Mean, median, 90th percentile (nearest rank) and count of response lengths in tokens."""
+    """Mean, median, 90th percentile (nearest rank) and count of response lengths (tokens or
+    characters, whichever is given)."""
     xs = sorted(lengths)
     if not xs:
         return {"n": 0, "mean": None, "median": None, "p90": None}

@@ -5,8 +5,9 @@
 
 Reads per iteration k, each file optional: iter<k>/summary.json, iter<k>/pairs/stats.json,
 iter<k>/dpo/train_log.jsonl and iter<k>/eval/metrics.json (written by the eval stage's
-`summarise`; made here when the eval shards are done but it is missing). Iteration k's eval
-measures M_{k+1}, so iteration 1 lines up with the paper's M2. Every file is written
+`summarise`; made here when the eval shards are done but it is missing), and rewrites the
+run's table across models, <work_dir>/summary.json (summary.write_run_summary): its top is
+the paper's Table 4 layout, one row per model (SFT baseline, M1, M2, M3). Every file is written
 atomically; the plots use matplotlib's Agg backend (no display needed).
 """
 
@@ -23,19 +24,10 @@ from pathlib import Path
 from .config import Config, config_from_cli
 from .files import atomic_write_bytes, read_json
 
-# SPEC.md, "Evaluation" (Yuan et al. 2024, Table 4 and Sec. 3): reward modeling on the 541
-# held-out OA examples (percent for the first three), pairs per iteration, and mean response
-# length on AlpacaEval (a different prompt set from ours: compare the trend, not the value).
-PAPER_RM = {  # model -> (pairwise accuracy %, 5-best %, exact match %, Spearman, Kendall tau)
-    "SFT baseline": (65.1, 39.6, 10.1, 0.253, 0.233),
-    "M1": (78.7, 41.5, 13.1, 0.279, 0.253),
-    "M2": (80.4, 44.3, 14.3, 0.331, 0.315),
-    "M3": (81.7, 43.2, 14.3, 0.349, 0.324),
-}
-RM_KEYS = ("pairwise_accuracy", "five_best", "exact_match", "spearman", "kendall_tau")
+from .summary import PAPER_LENGTH_CHARS, PAPER_PAIRS, PAPER_RM, RM_KEYS, write_run_summary  # noqa: F401
+
 RM_LABELS = ("Pairwise accuracy (%)", "5-best (%)", "Exact match (%)", "Spearman", "Kendall tau")
-PAPER_PAIRS = {"M2": 3964, "M3": 6942}  # the pairs each model was trained on (made by M1, then M2)
-PAPER_LENGTH = {"M1": 1092, "M2": 1552, "M3": 2552}  # tokens, AlpacaEval
+PAPER_LENGTH = PAPER_LENGTH_CHARS  # AlpacaEval's avg_length counts characters (SPEC.md, "Length")
 
 
 def iterations(work_dir: Path) -> list[int]:
@@ -111,10 +103,10 @@ def _num(v) -> float:
     return float("nan") if v is None else v
 
 
-def rm_series(data: dict, key: str, scale: float = 1) -> tuple[list[int], list[float]]:
-    """(model index k + 1 = M_{k+1}, value * scale) of one reward-modeling metric."""
-    ks = [k for k in data if _rm(data, k)]
-    return [k + 1 for k in ks], [_num(_rm(data, k).get(key)) * scale for k in ks]
+def rm_series(rows: list[dict], key: str, scale: float = 1) -> tuple[list[str], list[float]]:
+    """(model names, value * scale) of one reward-modeling metric, from the run summary's rows."""
+    rows = [r for r in rows if r.get("reward_modeling")]
+    return [r["model"] for r in rows], [_num(r["reward_modeling"].get(key)) * scale for r in rows]
 
 
 def parse_rate_series(data: dict) -> tuple[list[float], list[float]]:
@@ -128,22 +120,27 @@ def length_ratio_series(data: dict) -> tuple[list[int], list[float]]:
     return ks, [_num(data[k]["pairs"].get("length_ratio")) for k in ks]
 
 
-def plot_reward_modeling(data: dict, out: Path) -> str:
+def _paper_name(model: str) -> str:
+    return model if re.fullmatch(r"M\d+", model) else "SFT baseline"
+
+
+def plot_reward_modeling(rows: list[dict], out: Path) -> str:
+    """Every model as a judge on the same held-out set, the paper's Table 4 beside it."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, keys, scale in ((axes[0], RM_KEYS[:3], 100), (axes[1], RM_KEYS[3:], 1)):
-        for key in keys:  # x = model index: 0 = the paper's SFT baseline, k = M_k
+        for key in keys:
             label, i = RM_LABELS[RM_KEYS.index(key)], RM_KEYS.index(key)
-            xs, ys = rm_series(data, key, scale)
-            line = ax.plot(xs, ys, "o-", label=f"run: {label}")[0]
-            ax.plot(range(4), [v[i] for v in PAPER_RM.values()], "x--", color=line.get_color(), alpha=0.5,
-                    label=f"paper: {label}")
-        top = max([3, *(k + 1 for k in data if _rm(data, k))])
-        ax.set_xticks(range(top + 1), ["SFT\nbaseline", *(f"M{m}" for m in range(1, top + 1))])
+            names, ys = rm_series(rows, key, scale)
+            line = ax.plot(names, ys, "o-", label=f"run: {label}")[0]
+            paper = [(n, PAPER_RM[_paper_name(n)][i]) for n in names if _paper_name(n) in PAPER_RM]
+            if paper:
+                ax.plot([n for n, _ in paper], [v for _, v in paper], "x--", color=line.get_color(), alpha=0.5,
+                        label=f"paper: {label}")
         _legend(ax, fontsize=7)
         ax.grid(alpha=0.3)
     axes[0].set_title("Reward modeling on held-out ranked replies (%)")
-    axes[1].set_title("Correlation of judge score with human rank")
+    axes[1].set_title("Correlation of judge score with human rank (pooled)")
     return _save(fig, out / "reward_modeling.png")
 
 
@@ -187,9 +184,9 @@ def plot_score_hists(data: dict, out: Path) -> str:
     return _save(fig, out / "score_hists.png")
 
 
-def plot_lengths(data: dict, out: Path) -> str:
+def plot_lengths(data: dict, out: Path, rows: list[dict] = ()) -> str:
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     dists, labels = [], []
     for k in data:
         length = (data[k]["eval"] or {}).get("length") or {}
@@ -204,11 +201,19 @@ def plot_lengths(data: dict, out: Path) -> str:
         axes[0].boxplot(dists, showmeans=True)
         axes[0].set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
     axes[0].set_title("Response length (tokens); triangle = mean")
-    ks, ratio = length_ratio_series(data)
-    axes[1].plot([f"iter {k}" for k in ks], ratio, "o-", label="mean chosen / mean rejected tokens")
-    axes[1].axhline(1.0, color="grey", lw=0.8)
-    axes[1].set_title("Length of the pairs (growth is the known failure)")
+    sized = [r for r in rows if (r.get("length") or {}).get("mean_chars") is not None]
+    axes[1].plot([r["model"] for r in sized], [r["length"]["mean_chars"] for r in sized], "o-",
+                 label="run: held-out answers")
+    paper = [(r["model"], PAPER_LENGTH_CHARS[r["model"]]) for r in sized if r["model"] in PAPER_LENGTH_CHARS]
+    if paper:
+        axes[1].plot([n for n, _ in paper], [v for _, v in paper], "x--", alpha=0.5, label="paper: AlpacaEval")
+    axes[1].set_title("Mean answer length per model (characters)")
     _legend(axes[1], fontsize=8)
+    ks, ratio = length_ratio_series(data)
+    axes[2].plot([f"iter {k}" for k in ks], ratio, "o-", label="mean chosen / mean rejected tokens")
+    axes[2].axhline(1.0, color="grey", lw=0.8)
+    axes[2].set_title("Length of the pairs (growth is the known failure)")
+    _legend(axes[2], fontsize=8)
     for ax in axes:
         ax.grid(alpha=0.3)
     return _save(fig, out / "lengths.png")
@@ -253,8 +258,8 @@ def plot_dpo(data: dict, out: Path) -> str:
 def plot_head_to_head(data: dict, out: Path) -> str:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    rows = [(f"{h['new_model']} vs {h['old_model']}\n({h.get('method', 'pairwise')})", h) for k in data
-            for h in ((data[k]["eval"] or {}).get("head_to_head") or {}).values()]
+    rows = [(f"{h['new_model']} vs {h['old_model']}\n(judge {h.get('judge_model', '?')}, {h.get('method', 'pairwise')})",
+             h) for k in data for h in ((data[k]["eval"] or {}).get("head_to_head") or {}).values()]
     left = [0] * len(rows)
     for outcome, color in (("win", "tab:green"), ("tie", "tab:grey"), ("loss", "tab:red"), ("unparsed", "white")):
         w = [h[outcome] for _, h in rows]
@@ -267,8 +272,7 @@ def plot_head_to_head(data: dict, out: Path) -> str:
     return _save(fig, out / "head_to_head.png")
 
 
-PLOTS = (plot_reward_modeling, plot_head_to_head, plot_parse_rate, plot_score_hists, plot_lengths, plot_pairs,
-         plot_dpo)
+PLOTS = (plot_head_to_head, plot_parse_rate, plot_score_hists, plot_pairs, plot_dpo)  # per iteration
 
 
 # ---- the page ---------------------------------------------------------------------------------------
@@ -278,32 +282,51 @@ def _fmt(v, pct: bool = False, digits: int = 3) -> str:
     return f"{v * 100:.1f}" if pct else (f"{v:,.{digits}f}" if isinstance(v, float) else f"{v:,}")
 
 
-def _answer_length(data: dict, k: int) -> float | None:
-    length = (data[k]["eval"] or {}).get("length") or {}
-    return (length.get("answers", {}).get("new") or {}).get("mean")
+def _cell(v, pct: bool = False, digits: int = 3) -> str:
+    return f"<td>{_fmt(v, pct, digits)}</td>"
 
 
-def comparison_table(data: dict) -> str:
-    """The paper's numbers beside the run's: one column per model."""
-    paper_cols = list(PAPER_RM)
-    run_cols = [(k, f"M{k + 1}") for k in data if _rm(data, k)]
-    head = "".join(f"<th>paper {c}</th>" for c in paper_cols) + "".join(f"<th>run {m}</th>" for _, m in run_cols)
-    rows = []
-    for i, (key, label) in enumerate(zip(RM_KEYS, RM_LABELS)):
-        pct = "%" in label
-        cells = "".join(f"<td>{PAPER_RM[c][i]}</td>" for c in paper_cols)
-        cells += "".join(f"<td>{_fmt(_rm(data, k).get(key), pct)}</td>" for k, _ in run_cols)
-        rows.append(f"<tr><th>{label}</th>{cells}</tr>")
-    cells = "<td>&ndash;</td>" * len(paper_cols) + "".join(f"<td>{_fmt(_rm(data, k).get('parse_rate'), True)}</td>"
-                                                          for k, _ in run_cols)
-    rows.append(f"<tr><th>Judge parse rate (%)</th>{cells}</tr>")
-    cells = "".join(f"<td>{_fmt(PAPER_PAIRS.get(c))}</td>" for c in paper_cols)
-    cells += "".join(f"<td>{_fmt((data[k]['pairs'] or {}).get('pairs'))}</td>" for k, _ in run_cols)
-    rows.append(f"<tr><th>DPO pairs this model was trained on</th>{cells}</tr>")
-    cells = "".join(f"<td>{_fmt(PAPER_LENGTH.get(c))}</td>" for c in paper_cols)
-    cells += "".join(f"<td>{_fmt(_answer_length(data, k), digits=1)}</td>" for k, _ in run_cols)
-    rows.append(f"<tr><th>Mean response length (tokens; paper on AlpacaEval)</th>{cells}</tr>")
-    return f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table>"
+def _paper(v) -> str:
+    """A paper number as the paper prints it (65.1, .253, 3,964)."""
+    return "<td>&ndash;</td>" if v is None else f"<td>{v:,}</td>"
+
+
+def _wtl(h: dict | None) -> str:
+    return "<td>&ndash;</td>" if not h else f"<td>{h['win']}/{h['tie']}/{h['loss']}</td>"
+
+
+def model_table(rows: list[dict]) -> str:
+    """The paper's Table 4 layout: one row per model (SFT baseline, M1, M2, M3), each number of
+    ours beside the paper's, then how the model was trained and how it answers."""
+    head = "<tr><th>model</th>" + "".join(f"<th>{label} run</th><th>paper</th>" for label in RM_LABELS) + (
+        "<th>judge parse (%)</th><th>pairs trained on</th><th>paper</th><th>DPO loss first &rarr; last</th>"
+        "<th>W/T/L vs SFT baseline</th><th>W/T/L vs previous</th><th>mean length (chars)</th>"
+        "<th>paper (AlpacaEval chars)</th><th>mean length (tokens)</th></tr>")
+    body = []
+    for r in rows:
+        rm, paper, length = r.get("reward_modeling") or {}, r.get("paper") or {}, r.get("length") or {}
+        cells = "".join(_cell(rm.get(key), "%" in label) + _paper(paper.get(key))
+                        for key, label in zip(RM_KEYS, RM_LABELS))
+        loss = (f"{_fmt(r.get('dpo_loss_first'))} &rarr; {_fmt(r.get('dpo_loss_last'))}"
+                if r.get("dpo_loss_first") is not None else "&ndash;")
+        cells += (_cell(rm.get("parse_rate"), True) + _cell(r.get("pairs_trained_on")) +
+                  _paper(paper.get("pairs_trained_on")) + f"<td>{loss}</td>" + _wtl(r.get("vs_baseline")) +
+                  _wtl(r.get("vs_previous")) + _cell(length.get("mean_chars"), digits=0) +
+                  _paper(paper.get("alpacaeval_mean_chars")) + _cell(length.get("mean_tokens"), digits=1))
+        body.append(f"<tr><th>{html.escape(r['model'])}</th>{cells}</tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def per_prompt_table(rows: list[dict]) -> str:
+    """Pooled against per-prompt averages: a pooled correlation mostly measures calibration across prompts."""
+    keys = (("pairwise_accuracy", True), ("pairwise_accuracy_per_prompt", True), ("spearman", False),
+            ("spearman_per_prompt", False), ("kendall_tau", False), ("kendall_tau_per_prompt", False),
+            ("five_best", True), ("five_best_per_prompt", True))
+    head = "<tr><th>model</th>" + "".join(f"<th>{k}</th>" for k, _ in keys) + "</tr>"
+    body = ["<tr><th>" + html.escape(r["model"]) + "</th>" +
+            "".join(_cell((r.get("reward_modeling") or {}).get(k), pct) for k, pct in keys) + "</tr>"
+            for r in rows if r.get("reward_modeling")]
+    return f"<table>{head}{''.join(body)}</table>"
 
 
 def iteration_table(data: dict) -> str:
@@ -336,18 +359,26 @@ def write_report(cfg: Config) -> Path:
         raise FileNotFoundError(f"{cfg.work_dir}: no iter<k>/ folders; run an iteration first "
                                 f"(python -m srlm_hpc.submit stage=all iter=1 work_dir={cfg.work_dir}); "
                                 "run=NAME does not pick the folder: give work_dir= or preset=")
-    images = [plot(data, out) for plot in PLOTS]
+    rows = write_run_summary(cfg)["models"]
+    images = [plot_reward_modeling(rows, out)] + [plot(data, out) for plot in PLOTS] + [plot_lengths(data, out, rows)]
     sources = {k: (d["eval"] or {}).get("heldout_source") for k, d in data.items()}
+    judges = sorted({f"{(d['eval'] or {}).get('judge', {}).get('model', h.get('judge_model'))} "
+                     f"({(d['eval'] or {}).get('judge', {}).get('chosen_by', 'eval.judge_model')})"
+                     for d in data.values() for h in ((d["eval"] or {}).get("head_to_head") or {}).values()})
     page = (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>srlm_hpc report: {html.escape(cfg.run.run)}</title><style>{CSS}</style></head><body>"
         f"<h1>Self-rewarding run <code>{html.escape(cfg.run.run)}</code></h1>"
         f"<p class='note'>{html.escape(str(cfg.work_dir))}; iterations {', '.join(map(str, data))}. "
-        "Iteration k's eval measures M<sub>k+1</sub>, the model it made. Held-out data: "
-        f"{html.escape(json.dumps(sources))}.</p>"
-        "<h2>The paper beside this run</h2>" + comparison_table(data) +
-        "<p class='note'>Paper: Yuan et al. 2024 (SPEC.md), Llama 2 70B on 541 held-out Open Assistant examples. "
-        "A run on the shipped seed set is a smoke test: its numbers show the machinery, not the method.</p>"
+        "Every model is measured as a judge on the same held-out set, once (cached by its fingerprint). "
+        f"Held-out data: {html.escape(json.dumps(sources))}. Head-to-head judge: "
+        f"{html.escape(', '.join(judges) or 'none yet')}.</p>"
+        "<h2>Every model beside the paper (Table 4 layout)</h2>" + model_table(rows) +
+        "<p class='note'>Paper: Yuan et al. 2024 (SPEC.md), Llama 2 70B on 541 held-out Open Assistant examples; "
+        "its lengths are AlpacaEval's mean characters (another prompt set: compare the trend, not the value). "
+        "Pairs: those the model was trained on (made by the model before it). Correlations here are pooled over "
+        "replies. A run on the shipped seed set is a smoke test: its numbers show the machinery, not the method.</p>"
+        "<h2>Pooled and per-prompt reward modeling</h2>" + per_prompt_table(rows) +
         "<h2>Iterations</h2>" + iteration_table(data) +
         "<h2>Plots</h2>" + "".join(f"<p><img src='{name}' alt='{name}'></p>" for name in images) +
         "</body></html>\n")
@@ -377,6 +408,8 @@ def _report(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(path)
+    print(f"open it in a browser: file://{Path(path).resolve()} (from a cluster: copy the folder "
+          f"{Path(path).parent}, or `python -m http.server -d {Path(path).parent}` and forward the port)")
     return 0
 
 

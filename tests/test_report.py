@@ -24,17 +24,22 @@ IMAGES = ("reward_modeling.png", "head_to_head.png", "parse_rate.png", "score_hi
 
 
 def eval_records(k: int) -> list[dict]:
-    """Held-out judgements that get better with k, answers that get longer, one h2h opponent."""
+    """Held-out judgements that get better with the model (M1 in iteration 1, M_{k+1} in each),
+    answers that get longer, one h2h opponent judged by M1."""
     recs = []
+    judged = [(f"M{k + 1}", k)] + ([("M1", 0)] if k == 1 else [])
     for i in range(6):
+        for model, level in judged:
+            good = i < 2 + 2 * level
+            scores = [5.0, 3.0, 1.0] if good else [2.0, 4.0, None]
+            recs.append({"kind": "rm", "model": model, "ranks": [0, 1, 2], "responses": [
+                {"score": s, "judge_scores": [s, s if i % 2 else None]} for s in scores]})
         good = i < 2 + 2 * k
-        scores = [5.0, 3.0, 1.0] if good else [2.0, 4.0, None]
-        recs.append({"kind": "rm", "ranks": [0, 1, 2], "responses": [
-            {"score": s, "judge_scores": [s, s if i % 2 else None]} for s in scores]})
         for role, model, n in (("new", f"M{k + 1}", 40 * k + i), ("previous", f"M{k}", 30 * k + i)):
-            recs.append({"kind": "answer", "role": role, "model": model, "n_tokens": n, "finish_reason": "stop"})
+            recs.append({"kind": "answer", "role": role, "model": model, "n_tokens": n, "n_chars": 4 * n,
+                         "finish_reason": "stop"})
         recs.append({"kind": "h2h", "opponent": "previous", "new_model": f"M{k + 1}", "old_model": f"M{k}",
-                     "judge_model": f"M{k + 1}", "verdicts": ["A", "B" if good else "A"],
+                     "judge_model": "M1", "verdicts": ["A", "B" if good else "A"],
                      "outcome": "win" if good else "tie"})
     return recs
 
@@ -56,7 +61,8 @@ def make_run(work):
              "reward_margin": 0.02 * s, "reward_accuracy": min(1.0, 0.5 + 0.1 * s)}) + "\n" for s in range(5)))
         m = aggregate(eval_records(k))
         m["length"]["responses_stage"] = {"model": f"M{k}", "lengths": [10, 20, 30 * k]}
-        atomic_write_json(it / "eval" / "metrics.json", {"iter": k, "heldout_source": "synthetic", **m})
+        atomic_write_json(it / "eval" / "metrics.json", {"iter": k, "heldout_source": "synthetic",
+                                                         "models": {"new": f"M{k + 1}", "previous": f"M{k}"}, **m})
     return work
 
 
@@ -108,28 +114,37 @@ def test_series_keep_a_real_zero():
     """A metric of exactly 0 (5-best 0 %, Spearman 0, nothing parsed) is plotted as 0; only a
     missing one is NaN, a gap in the line."""
     rm = {"pairwise_accuracy": 0.5, "five_best": 0.0, "spearman": 0.0, "kendall_tau": None, "parse_rate": 0.0}
+    rows = [{"model": "M1"}, {"model": "M2", "reward_modeling": rm}]
     data = {1: {"summary": {"judge_parse_rate": 0.0}, "pairs": {"length_ratio": 0.0}, "dpo": [],
                 "eval": {"reward_modeling": rm}},
             2: {"summary": None, "pairs": None, "dpo": [], "eval": None}}
-    assert rm_series(data, "five_best", 100) == ([2], [0.0])
-    assert rm_series(data, "spearman") == ([2], [0.0])
-    assert rm_series(data, "pairwise_accuracy", 100) == ([2], [50.0])
-    xs, ys = rm_series(data, "kendall_tau")
-    assert xs == [2] and ys[0] != ys[0]  # None -> NaN
+    assert rm_series(rows, "five_best", 100) == (["M2"], [0.0])
+    assert rm_series(rows, "spearman") == (["M2"], [0.0])
+    assert rm_series(rows, "pairwise_accuracy", 100) == (["M2"], [50.0])
+    xs, ys = rm_series(rows, "kendall_tau")
+    assert xs == ["M2"] and ys[0] != ys[0]  # None -> NaN
     train, held = parse_rate_series(data)
     assert train[0] == 0.0 and held[0] == 0.0 and train[1] != train[1] and held[1] != held[1]
     assert length_ratio_series(data) == ([1], [0.0])
 
 
-def test_table_sets_the_paper_beside_the_run(report):
+def test_table_sets_the_paper_beside_each_model(report):
+    """Table 4's layout: a row per model (M1, M2, M3 here; no IFT-only baseline in this run),
+    ours beside the paper's, in the report and in the run's summary.json."""
     page = (report / "index.html").read_text()
-    for model, values in PAPER_RM.items():
-        assert f"<th>paper {model}</th>" in page
-        assert f"<td>{values[0]}</td>" in page
-    assert "<th>run M2</th>" in page and "<th>run M3</th>" in page
-    # iteration 1's M2: 4 of 6 prompts fully right -> 4*3 of 6*3 pairs = 66.7 %
-    assert "<td>66.7</td>" in page
-    assert "Pairwise accuracy (%)" in page and "Kendall tau" in page and "Judge parse rate" in page
+    rows = re.findall(r"<tr><th>(M\d|SFT baseline)</th>(.*?)</tr>", page.split("Pooled and per-prompt")[0])
+    assert [m for m, _ in rows] == ["M1", "M2", "M3"]
+    cells = {m: re.findall(r"<td>(.*?)</td>", row) for m, row in rows}
+    # M2 (iteration 1's new model): 4 of 6 prompts fully right -> 12 of 18 pairs = 66.7 %, paper 80.4
+    assert cells["M2"][:2] == ["66.7", str(PAPER_RM["M2"][0])]
+    # M1 (judged in iteration 1 only): 2 of 6 right -> 33.3 %; M3: 6 of 6 -> 100.0
+    assert cells["M1"][:2] == ["33.3", str(PAPER_RM["M1"][0])] and cells["M3"][0] == "100.0"
+    assert "Pairwise accuracy (%)" in page and "Kendall tau" in page and "judge parse (%)" in page
+    summary = json.loads((report.parent / "summary.json").read_text())
+    assert [r["model"] for r in summary["models"]] == ["M1", "M2", "M3"]
+    m3 = summary["models"][2]
+    assert m3["pairs_trained_on"] == 14 and m3["vs_previous"]["win"] == 6 and m3["length"]["mean_chars"] == 4 * 82.5
+    assert summary["head_to_head_judges"] == [{"model": "M1", "fingerprint": None}]
 
 
 def test_no_iterations_is_an_error(tmp_path, capsys):
