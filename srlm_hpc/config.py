@@ -27,6 +27,12 @@ class RunConfig:
     work_dir: str = "runs/default"  # every stage reads and writes under <work_dir>/iter<k>/
     manifest_dir: str = ""  # empty: <work_dir>/manifests; on a cluster, a shared directory
     model: str = "default"  # M0: "default" = embedded SmolLM2-135M-Instruct, or a HF model folder
+    # The chat template M0 is trained and prompted with (ours: the paper's Llama 2 70B base has
+    # none, and the paper does not print the format it used). auto: the model's own, else the
+    # plain one; plain: srlm_hpc/chat_templates/plain.jinja ("User: ...\n\nAssistant:\n"), also
+    # for a model that has one; or a path to a Jinja file. SFT saves it with M1, so generation,
+    # judging, SFT and DPO all use the same one. Checked when the run is planned.
+    chat_template: str = "auto"
     seed: int = 1234
     iter: int = 1  # iteration k: M_k writes prompts, responses and judgements, DPO makes M_{k+1}
     stage: str = "all"
@@ -49,8 +55,12 @@ class SFTConfig:
     batch_size: int = 16  # paper: 16 (sequences per optimizer step)
     micro_batch_size: int = 4  # sequences per forward; batch_size must be a multiple
     epochs: int = 1
-    max_len: int = 1024  # tokens; longer examples are truncated from the left of the prompt
-    dropout: float = 0.1  # paper: 0.1
+    max_len: int = 1024  # ours; longer examples lose the left of the user's text (never the chat header)
+    # paper: 0.1, without saying where. Here attention dropout, the only dropout transformers'
+    # Llama has (no residual or embedding dropout without patching the model): our reading.
+    dropout: float = 0.1
+    # Ours, not the paper's (it gives none): no weight decay, gradient norm clipped at 1.0, and
+    # AdamW betas (0.9, 0.95), fixed in training/loop.py and training/distributed.py.
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     autocast: Literal["none", "bf16"] = "none"
@@ -86,7 +96,12 @@ class ResponsesConfig:
     n: int = 4  # paper: N = 4
     temperature: float = 0.7
     top_p: float = 0.9
-    max_tokens: int = 512
+    # Ours; must fit the paper's lengths: its M3 answers average 2,552 characters on AlpacaEval,
+    # ~640 Llama 2 tokens at ~4 characters a token, and the longest are several times that. 2,048
+    # cuts few of them (a cut response is dropped from pairs: pairs.allow_truncated), and the
+    # judge prompt around one (~540 rubric tokens + the instruction + judge.max_tokens) still fits
+    # Llama 2's 4,096-token context.
+    max_tokens: int = 2048
     shard_size: int = 32  # prompts per shard
     batch_size: int = 8  # prompts per generate call
 
@@ -105,6 +120,11 @@ class JudgeConfig:
 @dataclass(frozen=True)
 class PairsConfig:
     tie_break: Literal["first", "variance", "shortest"] = "first"
+    # false (ours; the paper's 4k-token budget rarely cut an answer): a response cut at
+    # responses.max_tokens is neither chosen nor rejected; stats.json counts them (truncated_responses)
+    # and the prompts that lose their pair to this (dropped.truncated). true: they take part, and
+    # their training target ends without the end token (the model never wrote one).
+    allow_truncated: bool = False
     min_valid: int = 2  # a prompt needs at least 2 scored responses
     records_per_file: int = 100_000
     zstd_level: int = 3
@@ -123,9 +143,12 @@ class DPOConfig:
     batch_size: int = 16  # paper: 16 pairs per optimizer step
     micro_batch_size: int = 2  # pairs per forward
     epochs: int = 1
-    max_len: int = 1024
-    dropout: float = 0.1  # paper: 0.1
-    grad_clip: float = 1.0
+    # Ours: prompt + a response of responses.max_tokens (2,048) fit, as in the paper's 4,096-token
+    # context. A pair that does not fit loses the left of its prompt's text when that cuts the same
+    # tokens on both sides; otherwise it is dropped and counted (training/tokenize.encode_pair).
+    max_len: int = 4096
+    dropout: float = 0.1  # paper: 0.1; attention dropout, as sft.dropout says
+    grad_clip: float = 1.0  # ours, as sft.grad_clip (DPO has no weight decay: ours too)
     reference: Literal["previous", "sft"] = "previous"  # paper: M_t; "sft": M1 every iteration
     logp_reduction: Literal["sum", "mean"] = "sum"  # paper and TRL: sum over response tokens
     autocast: Literal["none", "bf16"] = "none"
@@ -179,6 +202,10 @@ class EvalConfig:
     baseline_model: str = ""  # "" = M1 (this run's SFT); the paper's baseline is SFT on IFT only
     compare_temperature: float = 0.0  # greedy verdicts: one deterministic sample per order
     compare_max_tokens: int = 256
+    # Ours: the cap on the answers eval measures (head-to-head, lengths), apart from
+    # responses.max_tokens so the length trend (the paper's 1,092 -> 2,552 characters) is not
+    # clipped by the training cap. 2,048 tokens as responses.max_tokens, for the same reasons.
+    max_tokens: int = 2048
     # "pairwise": the paper's GPT-4 style A/B comparison, both orders (compare_* above); "rubric":
     # each answer scored with the judge prompt (judge.k samples, mean), higher mean wins. Ours.
     h2h_method: Literal["pairwise", "rubric"] = "pairwise"
@@ -433,6 +460,7 @@ BOUNDS: dict[str, str] = {
     "eval.split_seed": "[0, inf)", "eval.ift_size": "[1, inf)", "eval.heldout_frac": "[0, 1)",
     "eval.max_rm_prompts": "[0, inf)", "eval.max_h2h_prompts": "[0, inf)", "eval.shard_size": "[1, inf)",
     "eval.batch_size": "[1, inf)", "eval.compare_temperature": "[0, inf)", "eval.compare_max_tokens": "[1, inf)",
+    "eval.max_tokens": "[1, inf)",
     "eft.max_prompts": "[1, inf)", "eft.shard_size": "[1, inf)", "eft.batch_size": "[1, inf)",
     "vllm.tensor_parallel_size": "[1, inf)", "vllm.pipeline_parallel_size": "[1, inf)",
     "vllm.gpu_memory_utilization": "(0, 1]", "vllm.kv_cache_gb": "[0, inf)", "vllm.max_model_len": "[0, inf)",
@@ -511,6 +539,10 @@ def _validate(cfg: Config) -> Config:
     if cfg.eval.max_rm_prompts == 0 and cfg.eval.max_h2h_prompts == 0:
         problems.append("eval.max_rm_prompts=0 and eval.max_h2h_prompts=0: expected at least one above 0 "
                         "(an eval of zero prompts is a plan with no work)")
+    from .chat_template import setting_problem  # jinja2 only: checked at plan time, before any job runs
+
+    if (template_problem := setting_problem(cfg.run.chat_template)) is not None:
+        problems.append(template_problem)
     if problems:
         raise ConfigError("bad configuration:\n  " + "\n  ".join(problems))
     return cfg
@@ -554,6 +586,8 @@ def absolute_paths(cfg: Config) -> Config:
         run,
         work_dir=str(Path(run.work_dir).expanduser().resolve()),
         manifest_dir=str(Path(run.manifest_dir).expanduser().resolve()) if run.manifest_dir else "",
+        chat_template=run.chat_template if run.chat_template in ("auto", "plain")
+        else str(Path(run.chat_template).expanduser().resolve()),
     ), slurm=replace(cfg.slurm, log_dir=str(Path(cfg.slurm.log_dir).expanduser().resolve()) if cfg.slurm.log_dir else ""))
 
 

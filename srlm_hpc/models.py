@@ -93,12 +93,18 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def load_tokenizer(path: str | Path):
+def load_tokenizer(path: str | Path, chat_template: str = "auto"):
+    """The model's tokenizer with the chat template `chat_template` (run.chat_template) set on it:
+    auto keeps the model's own, or gives a model without one (a base model) the plain template."""
     from transformers import AutoTokenizer
+
+    from .chat_template import check_template, template_text
 
     tok = AutoTokenizer.from_pretrained(str(path))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    tok.chat_template = template_text(chat_template, tok.chat_template)
+    check_template(tok.chat_template, f"{path} (chat_template={chat_template})")
     return tok
 
 

@@ -3,6 +3,7 @@
 prompts   -> PromptRecord     one generated instruction
 responses -> ResponseSet      a prompt with its N sampled responses
 judge     -> ResponseSet      the same, each response carrying its judge samples and score
+                              (every response and judge sample keeps the engine's finish reason)
 pairs     -> PairRecord       (prompt, chosen, rejected): TRL's DPO column names
 """
 
@@ -45,9 +46,10 @@ class Response:
     response_id: str  # prompt_id + "-r<j>"
     text: str
     n_tokens: int
-    finish_reason: str = "stop"  # "stop" or "length" (hit max_tokens)
+    finish_reason: str = "stop"  # the engine's: "stop" (ended itself) or "length" (cut at max_tokens)
     judge_texts: list[str] = field(default_factory=list)
     judge_scores: list[float | None] = field(default_factory=list)
+    judge_finish_reasons: list[str] = field(default_factory=list)  # per judge sample, as finish_reason
     score: float | None = None  # mean of the parseable judge samples; None when none parsed
 
 
@@ -98,6 +100,10 @@ class PairRecord:
     chosen_tokens: int
     rejected_tokens: int
     iter: int
+    # "length": the response was cut at responses.max_tokens (only with pairs.allow_truncated=true);
+    # its training target then ends without the end token. Files written before these fields: "stop".
+    chosen_finish_reason: str = "stop"
+    rejected_finish_reason: str = "stop"
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -51,6 +51,24 @@ def tiny_llama(tmp_path_factory, smollm_tokenizer_dir) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory, tiny_llama) -> Path:
+    """tiny_llama as a base model: the same weights and tokenizer, no chat template (as the
+    paper's Llama 2 70B base has none)."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("tiny_base") / "model"
+    shutil.copytree(tiny_llama, out)
+    (out / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(out).chat_template is None
+    return out
+
+
 def oasst_rows(pairs: list[tuple[str, str]], tree_prefix: str = "t") -> list[dict]:
     """oasst1 message rows for first-turn (prompt, rank-0 reply) trees."""
     rows = []

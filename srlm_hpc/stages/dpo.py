@@ -13,14 +13,14 @@ from __future__ import annotations
 import torch
 
 from ..config import Config
-from ..files import FileInfo, file_info
+from ..files import FileInfo, atomic_write_json, file_info
 from ..models import load_model, load_tokenizer, model_path, resolve_device, save_model, weights_file
 from ..schema import PairRecord
 from .pairs import iter_pairs
 from ..training.dpo_loss import dpo_loss, response_logps
 from ..shards import shard_seed
 from ..training.loop import batch_plan, train
-from ..training.tokenize import collate, encode_prompt, encode_target, join
+from ..training.tokenize import collate, encode_pair
 from .common import start_training, train_backend_options
 
 STAGE, UPSTREAM = "dpo", "pairs"
@@ -30,13 +30,18 @@ def plan(cfg: Config) -> tuple[int, dict]:
     return 1, {"reference": cfg.dpo.reference}
 
 
-def encode_pairs(tok, pairs: list[PairRecord], max_len: int) -> list[tuple[tuple, tuple]]:
-    out = []
-    for p in pairs:
-        prompt = encode_prompt(tok, [{"role": "user", "content": p.prompt}])
-        out.append((join(prompt, encode_target(tok, p.chosen), max_len),
-                    join(prompt, encode_target(tok, p.rejected), max_len)))
-    return out
+def encode_pairs(tok, pairs: list[PairRecord], max_len: int) -> list[tuple[tuple, tuple] | None]:
+    """Each pair's (chosen, rejected) token ids as DPO scores them; a side the engine cut at
+    max_tokens (pairs.allow_truncated) ends without the end token. None for a pair that, cut to
+    max_len, would give its two sides different prompt tokens (tokenize.encode_pair)."""
+    return [encode_pair(tok, p.prompt, p.chosen, p.rejected, max_len, p.chosen_finish_reason != "length",
+                        p.rejected_finish_reason != "length") for p in pairs]
+
+
+def trainable_pairs(tok, pairs: list[PairRecord], max_len: int) -> tuple[list[PairRecord], list, int]:
+    """(the pairs DPO trains on, their encodings, how many were dropped by encode_pairs' rule)."""
+    kept = [(p, e) for p, e in zip(pairs, encode_pairs(tok, pairs, max_len)) if e is not None]
+    return [p for p, _ in kept], [e for _, e in kept], len(pairs) - len(kept)
 
 
 def pair_batch(encoded, idx: list[int], pad_id: int, device: str) -> dict[str, torch.Tensor]:
@@ -84,7 +89,17 @@ def run_shard(cfg: Config, shard: int) -> FileInfo | None:
     if not pairs:
         raise ValueError(f"iter {cfg.run.iter}: the pairs stage kept no pairs; nothing to train on "
                          f"(see {cfg.stage_dir('pairs') / 'stats.json'} for why prompts were dropped)")
-    encoded = encode_pairs(tok, pairs, d.max_len)
+    n_pairs = len(pairs)
+    pairs, encoded, n_cut = trainable_pairs(tok, pairs, d.max_len)
+    if rank == 0:  # counted and reported, never trained (summary and report read it)
+        atomic_write_json(cfg.stage_dir(STAGE) / "pairs_used.json", {
+            "pairs": n_pairs, "trained": len(pairs), "dropped_prompt_cut_differently": n_cut, "max_len": d.max_len})
+    if n_cut:
+        print(f"[dpo] {n_cut} of {n_pairs} pairs dropped: cut to dpo.max_len={d.max_len}, their chosen and "
+              f"rejected would see different prompt tokens (raise dpo.max_len to keep them)", flush=True)
+    if not pairs:
+        raise ValueError(f"iter {cfg.run.iter}: none of the {n_pairs} pairs fits dpo.max_len={d.max_len} with the "
+                         f"same prompt tokens on both sides; raise dpo.max_len")
     ref = reference_logps_for(cfg, pairs, encoded, tok.pad_token_id, device)
     policy = load_model(policy_path, device=device, dropout=d.dropout)
     plan_ = batch_plan(len(encoded), d.batch_size, d.epochs, cfg.run.seed)

@@ -2,7 +2,8 @@
 
 Each response is judged k times (default 3) with the response sampling settings; the
 score is the mean of the samples that parse (`judge_parse.parse_score`), None when none
-does. The judge's raw texts are kept beside the scores.
+does. The judge's raw texts and finish reasons are kept beside the scores (a sample cut
+at judge.max_tokens usually lacks its score line: stats.json counts them).
 
     python -m srlm_hpc.submit stage=judge iter=1 preset=demo
 """
@@ -36,6 +37,7 @@ def judge_sets(engine, sets: list[ResponseSet], params: SamplingConfig) -> list[
     for (_, resp), samples in zip(flat, outs):
         resp.judge_texts = [o.text for o in samples]
         resp.judge_scores = [parse_score(o.text) for o in samples]
+        resp.judge_finish_reasons = [o.finish_reason for o in samples]
         resp.score = mean_score(resp.judge_scores)
     return sets
 

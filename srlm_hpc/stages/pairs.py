@@ -1,7 +1,8 @@
 """Stage `pairs` (alias `merge`): per prompt, chosen = highest mean judge score, rejected = lowest.
 
 SPEC.md step 4: ties between highest and lowest drop the prompt; so do prompts with fewer
-than `pairs.min_valid` scored responses. Among several equally top (or bottom) responses
+than `pairs.min_valid` scored responses. A response cut at responses.max_tokens (finish reason
+"length") takes no part unless `pairs.allow_truncated`. Among several equally top (or bottom) responses
 `pairs.tie_break` picks: the first, the one whose judge samples agree most (lowest
 variance), or by length (length control: the shortest chosen, the longest rejected). Output, under <work_dir>/iter<k>/pairs/:
 pairs-<NNNNN>.jsonl.zst (zstd JSON Lines with TRL's column names prompt, chosen, rejected,
@@ -51,10 +52,29 @@ def _floats(scores: list) -> list[float | None]:
     return [None if x is None else float(x) for x in scores]
 
 
-def build_pair(rs: ResponseSet, iteration: int, tie_break: str = "first",
-               min_valid: int = 2) -> tuple[PairRecord | None, str]:
-    """The preference pair of one prompt, or (None, why it was dropped)."""
-    scored = [r for r in rs.responses if r.score is not None]
+TRUNCATED = "length"  # the engine's finish reason of a response cut at responses.max_tokens
+
+
+def build_pair(rs: ResponseSet, iteration: int, tie_break: str = "first", min_valid: int = 2,
+               allow_truncated: bool = False) -> tuple[PairRecord | None, str]:
+    """The preference pair of one prompt, or (None, why it was dropped).
+
+    A truncated response is neither chosen nor rejected unless `allow_truncated`: DPO would learn
+    "stop mid-sentence" from a chosen one and "never stop there" from a rejected one. A prompt
+    that has a pair only with its truncated responses is dropped as "truncated"."""
+    if allow_truncated:
+        return _pair_of(rs.responses, rs, iteration, tie_break, min_valid)
+    finished = [r for r in rs.responses if r.finish_reason != TRUNCATED]
+    pair, why = _pair_of(finished, rs, iteration, tie_break, min_valid)
+    if pair is None and len(finished) < len(rs.responses):
+        if _pair_of(rs.responses, rs, iteration, tie_break, min_valid)[0] is not None:
+            return None, "truncated"
+    return pair, why
+
+
+def _pair_of(responses: list[Response], rs: ResponseSet, iteration: int, tie_break: str,
+             min_valid: int) -> tuple[PairRecord | None, str]:
+    scored = [r for r in responses if r.score is not None]
     if len(scored) < min_valid:
         return None, "too_few_scored"
     hi = max(r.score for r in scored)
@@ -71,27 +91,36 @@ def build_pair(rs: ResponseSet, iteration: int, tie_break: str = "first",
         chosen_score=float(chosen.score), rejected_score=float(rejected.score),
         chosen_judge_scores=_floats(chosen.judge_scores), rejected_judge_scores=_floats(rejected.judge_scores),
         chosen_tokens=chosen.n_tokens, rejected_tokens=rejected.n_tokens, iter=iteration,
+        chosen_finish_reason=chosen.finish_reason, rejected_finish_reason=rejected.finish_reason,
     ), "kept"
 
 
 # ---- stats.json: running counts in a plain dict of ints (the merge snapshots it per file) --
 BINS = [f"{i / 2:.1f}-{(i + 1) / 2:.1f}" for i in range(10)]  # the rubric's 0-5 in steps of 0.5
-DROP_REASONS = ("too_few_scored", "all_tied")  # build_pair's reasons, always listed
+DROP_REASONS = ("too_few_scored", "all_tied", "truncated")  # build_pair's reasons, always listed
+# Counts added after stats.json first shipped: a merge resumed from an older state starts them at 0.
+LATER_COUNTS = ("truncated_responses", "truncated_judge_samples", "truncated_in_pairs")
 
 
 def new_stats() -> dict:
     return {"prompts": 0, "pairs": 0, "dropped": dict.fromkeys(DROP_REASONS, 0), "responses": 0,
             "scored_responses": 0, "judge_samples": 0, "judge_parsed": 0, "chosen_hist": [0] * len(BINS),
-            "rejected_hist": [0] * len(BINS), "chosen_tokens": 0, "rejected_tokens": 0, "chosen_longer": 0}
+            "rejected_hist": [0] * len(BINS), "chosen_tokens": 0, "rejected_tokens": 0, "chosen_longer": 0,
+            **dict.fromkeys(LATER_COUNTS, 0)}
 
 
 def add_to_stats(stats: dict, rs: ResponseSet, pair, why: str) -> None:
     samples = parsed = scored = 0
+    for key in LATER_COUNTS:
+        stats.setdefault(key, 0)
     for r in rs.responses:  # the types later stages rely on, checked where the error can name the line
         js, sc = r.judge_scores, r.score
-        if type(r.text) is not str or type(r.n_tokens) is not int or type(js) is not list:
-            raise TypeError(f"response {r.response_id!r}: text must be a string, n_tokens an integer, "
-                            f"judge_scores a list")
+        if (type(r.text) is not str or type(r.n_tokens) is not int or type(js) is not list
+                or type(r.finish_reason) is not str or type(r.judge_finish_reasons) is not list):
+            raise TypeError(f"response {r.response_id!r}: text and finish_reason must be strings, n_tokens an "
+                            f"integer, judge_scores and judge_finish_reasons lists")
+        stats["truncated_responses"] += r.finish_reason == TRUNCATED
+        stats["truncated_judge_samples"] += r.judge_finish_reasons.count(TRUNCATED)
         if sc is not None:
             if type(sc) is not float and type(sc) is not int:
                 raise TypeError(f"response {r.response_id!r}: score must be a number or null, got {sc!r}")
@@ -107,6 +136,7 @@ def add_to_stats(stats: dict, rs: ResponseSet, pair, why: str) -> None:
         stats["dropped"][why] = stats["dropped"].get(why, 0) + 1
         return
     stats["pairs"] += 1
+    stats["truncated_in_pairs"] += (pair.chosen_finish_reason == TRUNCATED) + (pair.rejected_finish_reason == TRUNCATED)
     stats["chosen_hist"][min(max(int(pair.chosen_score * 2), 0), len(BINS) - 1)] += 1
     stats["rejected_hist"][min(max(int(pair.rejected_score * 2), 0), len(BINS) - 1)] += 1
     stats["chosen_tokens"] += pair.chosen_tokens
@@ -124,6 +154,10 @@ def stats_report(stats: dict, iteration: int) -> dict:
         "responses": s["responses"], "scored_responses": s["scored_responses"],
         "judge_samples": s["judge_samples"], "judge_parsed": s["judge_parsed"],
         "judge_parse_rate": s["judge_parsed"] / s["judge_samples"] if s["judge_samples"] else 0.0,
+        # responses cut at responses.max_tokens (all of them, used or not); dropped["truncated"] is
+        # the prompts that had a pair only through them; truncated_in_pairs is nonzero only with
+        # pairs.allow_truncated=true
+        **{k: s.get(k, 0) for k in LATER_COUNTS},
         "score_bins": BINS, "chosen_score_hist": s["chosen_hist"], "rejected_score_hist": s["rejected_hist"],
         "mean_chosen_tokens": mean_c, "mean_rejected_tokens": mean_r,
         "length_ratio": mean_c / mean_r if mean_r else None,  # chosen / rejected mean tokens

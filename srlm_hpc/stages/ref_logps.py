@@ -87,7 +87,7 @@ def reduced(score: tuple, reduction: str) -> tuple[float, float]:
 
 
 def run_shard(cfg: Config, shard: int) -> FileInfo:
-    from .dpo import encode_pairs, reference_model_path
+    from .dpo import reference_model_path, trainable_pairs
 
     r = cfg.ref_logps
     device = resolve_device(cfg.run.device)
@@ -98,7 +98,7 @@ def run_shard(cfg: Config, shard: int) -> FileInfo:
     model = load_model(ref_path, device=device).eval() if pairs else None
 
     def score_chunk(chunk: list[PairRecord], c: int) -> list[dict]:
-        encoded = encode_pairs(tok, chunk, cfg.dpo.max_len)
+        chunk, encoded, _ = trainable_pairs(tok, chunk, cfg.dpo.max_len)  # the pairs DPO will train on
         scores = score_pairs(model, encoded, tok.pad_token_id, device, r.micro_batch_size)
         return [{"pair": pair_key(p), "reference": fingerprint, "tokens_sha": tokens_sha(e),
                  "chosen_logp": s[0], "rejected_logp": s[1], "chosen_n": s[2], "rejected_n": s[3]}

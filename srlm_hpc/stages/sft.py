@@ -18,7 +18,7 @@ from ..files import FileInfo, file_info
 from ..models import freeze_bottom, load_model, load_tokenizer, model_path, resolve_device, save_model, weights_file
 from ..shards import shard_seed
 from ..training.loop import batch_plan, train
-from ..training.tokenize import IGNORE, collate, encode_prompt, encode_target, join
+from ..training.tokenize import IGNORE, collate, encode_example
 from .common import start_training, train_backend_options
 
 STAGE = "sft"
@@ -36,8 +36,7 @@ def seed_examples(cfg: Config) -> list[dict]:
 
 
 def encode(tok, examples: list[dict], max_len: int) -> list[tuple[list[int], int]]:
-    return [join(encode_prompt(tok, [{"role": "user", "content": ex["prompt"]}]),
-                 encode_target(tok, ex["response"]), max_len) for ex in examples]
+    return [encode_example(tok, ex["prompt"], ex["response"], max_len) for ex in examples]
 
 
 def target_token_loss(model, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -59,7 +58,7 @@ def run_shard(cfg: Config, shard: int) -> FileInfo | None:
     rank = start_training(cfg, s)
     device = resolve_device(cfg.run.device)
     base = model_path(cfg, 0)
-    tok = load_tokenizer(base)
+    tok = load_tokenizer(base, cfg.run.chat_template)  # saved with M1: every later stage uses this template
     model = load_model(base, device=device, dropout=s.dropout)
     freeze_bottom(model, s.freeze_layers)
     examples = seed_examples(cfg)

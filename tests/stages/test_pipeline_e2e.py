@@ -45,8 +45,12 @@ def e2e_args(work, tiny_llama) -> list[str]:
             "prompts.n_prompts=6", "prompts.shard_size=3", "prompts.max_tokens=12", "prompts.min_words=1",
             "responses.n=4", "responses.max_tokens=12", "responses.shard_size=4", "responses.batch_size=4",
             "judge.k=3", "judge.max_tokens=8", "judge.shard_size=4", "judge.batch_size=12",
+            # the tiny model seldom ends a 12-token answer itself: with truncated responses left out
+            # (the default) it would have no pairs; allowed, DPO trains them without the end token
+            "pairs.allow_truncated=true",
             "dpo.lr=1e-3", "dpo.batch_size=2", "dpo.micro_batch_size=2", "dpo.epochs=2", "dpo.dropout=0.0",
-            "eval.max_rm_prompts=4", "eval.max_h2h_prompts=3", "eval.shard_size=4", "eval.compare_max_tokens=8"]
+            "eval.max_rm_prompts=4", "eval.max_h2h_prompts=3", "eval.shard_size=4", "eval.compare_max_tokens=8",
+            "eval.max_tokens=12"]
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +94,8 @@ def test_judge_keeps_raw_text_and_scores_parse_after_sft(iteration):
               for r in iter_jsonl(p)]
     responses = [r for s in judged for r in s.responses]
     assert all(len(r.judge_texts) == 3 and len(r.judge_scores) == 3 for r in responses)
+    assert all(len(r.judge_finish_reasons) == 3 and set(r.judge_finish_reasons) <= {"stop", "length"}
+               for r in responses)  # the engine's finish reason is kept with every judge sample
     parsed = [s for r in responses for s in r.judge_scores if s is not None]
     assert len(parsed) / (3 * len(responses)) >= 0.8  # SFT taught the "Score: N" format
     for r in responses:
@@ -111,6 +117,23 @@ def test_pairs_file_is_real_zstd_jsonl_that_datasets_reads(iteration, tmp_path):
     assert {"prompt", "chosen", "rejected"} <= set(ds.column_names) and len(ds) == len(pairs)
     stats = read_json(cfg.stage_dir("pairs") / "stats.json")
     assert stats["pairs"] == len(pairs)
+    # finish reasons travel from responses to pairs; stats count the truncated ones
+    finish = {r.response_id: r.finish_reason for p in sorted(cfg.stage_dir("judge").glob("shard-*.jsonl"))
+              for rec in iter_jsonl(p) for r in ResponseSet.from_dict(rec).responses}
+    assert stats["truncated_responses"] == sum(f == "length" for f in finish.values())
+    assert [(p.chosen_finish_reason, p.rejected_finish_reason) for p in pairs] == [
+        (finish[p.chosen_id], finish[p.rejected_id]) for p in pairs]
+    assert stats["truncated_in_pairs"] == sum((p.chosen_finish_reason == "length") + (p.rejected_finish_reason == "length")
+                                              for p in pairs)
+
+
+def test_dpo_targets_end_with_the_end_token_only_when_the_response_ended(iteration):
+    cfg, _ = iteration
+    tok, pairs, encoded = stored_pairs(cfg)
+    sides = [(p.chosen_finish_reason, c) for p, (c, _) in zip(pairs, encoded)] + [
+        (p.rejected_finish_reason, r) for p, (_, r) in zip(pairs, encoded)]
+    for finish, (ids, _) in sides:
+        assert (ids[-1] == tok.eos_token_id) == (finish == "stop"), finish
 
 
 def test_dpo_writes_a_model_that_loads_and_differs_from_its_start(iteration, tiny_llama):
@@ -181,7 +204,6 @@ def test_dpo_read_stored_ref_logps_equal_to_inline_ones(iteration):
 
 
 def test_stale_ref_logps_are_refused_naming_file_and_line(iteration, tiny_llama):
-    from srlm_hpc.stages.dpo import encode_pairs
     from srlm_hpc.stages.ref_logps import StaleReferenceError, load_reference_logps
 
     cfg, _ = iteration
@@ -189,8 +211,8 @@ def test_stale_ref_logps_are_refused_naming_file_and_line(iteration, tiny_llama)
     # another reference model (M0 instead of M1)
     with pytest.raises(StaleReferenceError, match=r"ref_logps/shard-00000\.jsonl:1: computed with reference model"):
         load_reference_logps(cfg, pairs, encoded, tiny_llama)
-    # other token ids: a shorter max_len cuts the sequences differently
-    cut = encode_pairs(tok, pairs, 8)
+    # other token ids (a changed template or dpo.max_len): the chosen side one token shorter
+    cut = [((c_ids[:-1], c_n), r) for (c_ids, c_n), r in encoded]
     with pytest.raises(StaleReferenceError, match=r"shard-00000\.jsonl:1: computed on other token ids"):
         load_reference_logps(cfg, pairs, cut, cfg.stage_dir("sft") / "model")
     # a pair the stage never saw
@@ -253,3 +275,22 @@ def test_eval_metrics_and_report(iteration, tmp_path):
     assert report([a for a in args if a.startswith("work_dir=")]) == 0
     html = (cfg.work_dir / "report" / "index.html").read_text()
     assert "<img" in html and "pairwise" in html.lower()
+
+
+def test_dpo_and_sft_curves_mirror_train_log_and_the_iteration_has_judge_curves(iteration):
+    """What `tensorboard --logdir <work_dir>` shows after an iteration: the DPO loss series that
+    train_log.jsonl holds, step for step (read with tensorboard's own reader)."""
+    import json
+
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    cfg, _ = iteration
+    for stage in ("sft", "dpo"):
+        log = [json.loads(x) for x in (cfg.stage_dir(stage) / "train_log.jsonl").read_text().splitlines()]
+        acc = ea.EventAccumulator(str(cfg.stage_dir(stage) / "tensorboard"), size_guidance={"scalars": 0})
+        acc.Reload()
+        got = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+        assert got == [(e["step"], pytest.approx(e["loss"], rel=1e-6, abs=1e-7)) for e in log], stage
+        assert "train/tokens_per_s" in acc.Tags()["scalars"], stage
+    acc = ea.EventAccumulator(str(cfg.work_dir / "tensorboard" / "iter1"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("judge/parse_rate")] == [1]
