@@ -180,3 +180,12 @@ def test_report_on_a_run_with_nothing_says_so(tmp_path, capsys):
     assert report([f"work_dir={tmp_path}"]) == 1
     assert "no iteration has finished anything to report yet" in capsys.readouterr().err
     assert not (tmp_path / "report").exists()
+
+
+def test_iteration_sh_exits_2_on_a_config_mistake_before_queueing_anything(tmp_path):
+    proc = subprocess.run(["bash", str(REPO / "slurm" / "iteration.sh"), "iter=1", "judge.kk=1",
+                           f"work_dir={tmp_path / 'w'}"], capture_output=True, text=True,
+                          env={**os.environ, "SRLM_PYTHON": sys.executable})
+    assert proc.returncode == 2, proc.stderr
+    assert "did you mean judge.k" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "w").exists()
