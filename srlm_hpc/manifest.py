@@ -49,6 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from .config import ConfigError
 from .files import (CorruptFileError, FileInfo, atomic_write_json, describe_output, output_digest, output_info,
                     read_json, verify_output)
 from .locks import break_stale, create_exclusive, is_stale, pid_alive, read_holder
@@ -56,8 +57,13 @@ from .locks import break_stale, create_exclusive, is_stale, pid_alive, read_hold
 STATES = ("pending", "running", "done", "failed")
 
 
-class PlanMismatchError(RuntimeError):
-    """A rerun whose config would split the stage differently from the recorded plan."""
+class PlanMismatchError(RuntimeError, ConfigError):
+    """A rerun whose config would split the stage differently from the recorded plan (a usage
+    mistake: a ConfigError, exit status 2)."""
+
+
+class ConfigChangedError(PlanMismatchError):
+    """A rerun with another value of a config key that shapes the stage's outputs."""
 
 
 class ShardBusyError(RuntimeError):
@@ -162,9 +168,12 @@ class StageManifest:
     def plan_path(self) -> Path:
         return self.dir / "plan.json"
 
-    def write_plan(self, n_shards: int, keys: dict) -> dict:
-        """Record how the stage is split; a rerun that would split it differently is refused."""
+    def write_plan(self, n_shards: int, keys: dict, shaping: dict | None = None, output_dir: str = "") -> dict:
+        """Record how the stage is split and the config values that shape its outputs; a rerun
+        that would split it differently, or change a shaping value, is refused."""
         plan = {"stage": self.stage, "iter": self.iteration, "n_shards": n_shards, "keys": keys}
+        if shaping is not None:
+            plan["shaping"] = shaping
         if self.plan_path.exists():
             old = read_json(self.plan_path)
             if (old["n_shards"], old["keys"]) != (n_shards, keys):
@@ -173,10 +182,30 @@ class StageManifest:
                     f"{self.plan_path}: stage {self.stage} of iter {self.iteration} was planned as "
                     f"{old['n_shards']} shards with {old['keys']}; now {n_shards} shards with {keys} "
                     f"(changed: {', '.join(changed) or 'n_shards'}). Finished shards would no longer "
-                    f"line up: restore the old values, or use a new work_dir/run.")
+                    f"line up: restore the old values, or start the stage afresh: "
+                    f"{self.afresh_hint(output_dir)}")
+            if shaping is None:
+                return old
+            if "shaping" not in old:  # planned before shaping values were recorded: record them now
+                atomic_write_json(self.plan_path, dict(old, shaping=shaping))
+                return dict(old, shaping=shaping)
+            from .fingerprint import changed_keys
+
+            changed = changed_keys(old["shaping"], shaping)
+            if changed:
+                listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changed)
+                raise ConfigChangedError(
+                    f"stage {self.stage} of iter {self.iteration} was started with other values of keys that shape "
+                    f"its outputs ({listed}); its finished shards, chunks and checkpoints belong to the old values "
+                    f"({self.plan_path}). Restore them to finish the stage, or start it afresh: "
+                    f"{self.afresh_hint(output_dir)}")
             return old
         atomic_write_json(self.plan_path, plan)
         return plan
+
+    def afresh_hint(self, output_dir: str = "") -> str:
+        return (f"`rm -r {self.dir}" + (f" {output_dir}" if output_dir else "") + "`, then rerun (stages after it "
+                f"rerun where their inputs changed)")
 
     def plan(self) -> dict | None:
         return read_json(self.plan_path) if self.plan_path.exists() else None

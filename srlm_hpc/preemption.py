@@ -3,9 +3,11 @@
 Slurm warns a task before it takes its node away. Under submitit the warning is USR2,
 `signal_delay_s` before the time limit (and at preemption, with the cluster's
 `preempt_send_user_signal`); submitit's handler calls `ShardTask.checkpoint`, requeues the
-job and exits. The plain sbatch scripts requeue the job themselves and send TERM to the
-worker. Either way the shard has not failed: `note_requeue` tells the runner so, and the
-manifest records a preemption, which does not count against `slurm.max_retries`.
+job and exits. Under the plain sbatch scripts the batch shell gets USR2; it sends TERM to
+the worker, waits for it to stop (after its checkpoint), and only then requeues the job
+(slurm/common.sh). The worker takes that TERM as a preemption (`term_is_preemption`).
+Either way the shard has not failed: `note_requeue` tells the runner so, and the manifest
+records a preemption, which does not count against `slurm.max_retries`.
 
 A data stage loses at most its open chunk and needs nothing more. A training step is not
 a chunk: a handler that exits in the middle of one leaves the optimizer half-updated, and
@@ -39,6 +41,19 @@ def note_requeue() -> None:
 
 def was_requeued() -> bool:
     return _requeued
+
+
+def term_is_preemption() -> None:
+    """For a worker started by a plain sbatch script: SIGTERM (from the script's USR2 trap, or
+    Slurm's own preemption or scancel) raises Preempted in the main thread, so the runner
+    records a preemption instead of dying without a word. Inside a training loop the signal
+    is deferred to the step boundary first (deferred_signals), then reaches this handler."""
+
+    def handler(signum, frame):
+        note_requeue()
+        raise Preempted(f"{signal.Signals(signum).name} received: stopped, to be requeued")
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 class NotedSignals:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from ..config import Config
 
+SRUN_ARGS = ("--kill-on-bad-exit=1",)
 GENERATION = frozenset({"prompts", "responses", "judge", "eval", "eft"})
 TRAINING = frozenset({"sft", "dpo"})
 CPU_ONLY = frozenset({"pairs", "merge"})
@@ -43,7 +44,10 @@ class Resources:
         return opts
 
     def submitit_parameters(self) -> dict:
-        params = {"nodes": self.nodes, "tasks_per_node": self.tasks_per_node, "cpus_per_task": self.cpus_per_task}
+        # --kill-on-bad-exit: a task that dies (rank 0 SIGKILLed, OOM) ends the whole step at
+        # once, instead of leaving the other ranks holding their nodes (slurm/common.sh does the same).
+        params = {"nodes": self.nodes, "tasks_per_node": self.tasks_per_node, "cpus_per_task": self.cpus_per_task,
+                  "slurm_srun_args": list(SRUN_ARGS)}
         if self.gpus_per_node:
             params["gpus_per_node"] = self.gpus_per_node
         return params

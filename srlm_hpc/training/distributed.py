@@ -34,7 +34,7 @@ from tqdm import tqdm
 from ..files import atomic_write_json, read_json
 from ..slurm_env import first_host, slurm_port
 from ..preemption import deferred_signals
-from .loop import CheckpointClock, cosine_lr, micro_seed, stopped_early, write_log
+from .loop import CheckpointClock, check_identity, cosine_lr, micro_seed, run_identity, stopped_early, write_log
 
 MARKER = "srlm_state.json"  # written last into a checkpoint folder: the folder is complete
 TAG_PREFIX = "step-"
@@ -180,7 +180,10 @@ def train_deepspeed(model, plan: list[list[int]], micro_batch_size: int, micro_s
                               offload_params=offload_params)
     engine, *_ = deepspeed.initialize(model=_MicroStep(model), optimizer=optimizer, config=config)
     ckpt_dir = Path(stage_dir) / "checkpoint"
-    start, log = load_checkpoint(engine, ckpt_dir, world, zero_stage)
+    identity = run_identity(plan, micro_batch_size=micro_batch_size, lr=lr, min_lr=min_lr, warmup=warmup,
+                            weight_decay=weight_decay, grad_clip=grad_clip, seed=seed, backend="deepspeed",
+                            bf16=bf16)
+    start, log = load_checkpoint(engine, ckpt_dir, world, zero_stage, identity)
     if start and rank == 0:
         print(f"[{desc}] resumed from the checkpoint of step {start} of {len(plan)} ({world} ranks)", flush=True)
     log_path = Path(stage_dir) / "train_log.jsonl"
@@ -206,7 +209,7 @@ def train_deepspeed(model, plan: list[list[int]], micro_batch_size: int, micro_s
             # signal may reach one rank a step before another and clocks differ.
             signalled, due = _any_rank(bool(signals), clock.due(done, bool(signals)))
             if due:
-                save_checkpoint(engine, ckpt_dir, done, log, world, zero_stage)
+                save_checkpoint(engine, ckpt_dir, done, log, world, zero_stage, identity)
                 if rank == 0:
                     write_log(log_path, log)
                 clock.saved()
@@ -274,7 +277,8 @@ def _fsync_tree(folder: Path) -> None:
                 os.close(fd)
 
 
-def save_checkpoint(engine, ckpt_dir: Path, step: int, log: list[dict], world: int, zero_stage: int) -> None:
+def save_checkpoint(engine, ckpt_dir: Path, step: int, log: list[dict], world: int, zero_stage: int,
+                    identity: dict | None = None) -> None:
     """Every rank writes its shard into step-N; rank 0 marks the folder complete, last, then
     removes every other folder (older ones, and any left half-written by a killed save)."""
     import torch.distributed as dist
@@ -290,7 +294,7 @@ def save_checkpoint(engine, ckpt_dir: Path, step: int, log: list[dict], world: i
     dist.barrier()  # every shard is on disk
     if rank == 0:
         atomic_write_json(folder / MARKER, {"step": step, "world_size": world, "zero_stage": zero_stage,
-                                            "log": log})
+                                            "log": log, "identity": identity})
         for old in ckpt_dir.glob(f"{TAG_PREFIX}*"):
             if old != folder:
                 (old / MARKER).unlink(missing_ok=True)  # first: a half-removed folder is not complete
@@ -309,7 +313,7 @@ def latest_complete(ckpt_dir: Path) -> dict | None:
     return best
 
 
-def resume_point(ckpt_dir: Path, world: int, zero_stage: int) -> dict | None:
+def resume_point(ckpt_dir: Path, world: int, zero_stage: int, identity: dict | None = None) -> dict | None:
     """The marker of the checkpoint to resume from (None: start afresh); raises if this run
     cannot load it."""
     if (ckpt_dir / "state.pt").exists() or (ckpt_dir.with_name(ckpt_dir.name + ".old") / "state.pt").exists():
@@ -320,10 +324,13 @@ def resume_point(ckpt_dir: Path, world: int, zero_stage: int) -> dict | None:
         raise RuntimeError(f"{ckpt_dir / state['tag']} was written by {state['world_size']} ranks with ZeRO-"
                            f"{state['zero_stage']}, this run has {world} ranks with ZeRO-{zero_stage}: ZeRO "
                            f"shards do not re-split; rerun with the same layout, or delete {ckpt_dir} to restart")
+    if state is not None and identity is not None:
+        check_identity(state.get("identity"), identity, ckpt_dir, state["step"])
     return state
 
 
-def load_checkpoint(engine, ckpt_dir: Path, world: int, zero_stage: int) -> tuple[int, list[dict]]:
+def load_checkpoint(engine, ckpt_dir: Path, world: int, zero_stage: int,
+                    identity: dict | None = None) -> tuple[int, list[dict]]:
     """Restore the newest complete checkpoint into the engine: (step, log); (0, []) if none."""
     import torch.distributed as dist
 
@@ -332,7 +339,7 @@ def load_checkpoint(engine, ckpt_dir: Path, world: int, zero_stage: int) -> tupl
     choice: list = [None]
     if dist.get_rank() == 0:
         try:
-            choice = [resume_point(ckpt_dir, world, zero_stage)]
+            choice = [resume_point(ckpt_dir, world, zero_stage, identity)]
         except RuntimeError as e:
             choice = [e]
     dist.broadcast_object_list(choice, src=0)

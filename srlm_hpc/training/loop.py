@@ -13,6 +13,7 @@ backend="deepspeed" runs the same loop data-parallel on DeepSpeed ZeRO (distribu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -80,10 +81,55 @@ def stopped_early(signals, done: int, total: int, who: str = "") -> Preempted:
                      f"last checkpoint")
 
 
-def save_checkpoint(ckpt_dir: Path, model, optimizer, step: int, log: list[dict]) -> None:
+# What a checkpoint belongs to, beyond the loop's own arguments: set by the runner for the
+# shard it runs (the fingerprint of the config keys that shape the stage, and the digests of
+# the upstream outputs it trains on).
+_owner_identity: dict = {}
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint written for another config or other data than this run's."""
+
+
+@contextlib.contextmanager
+def checkpoint_identity(**fields):
+    """Within, checkpoints record `fields` and refuse to resume from one that recorded others."""
+    global _owner_identity
+    outer, _owner_identity = _owner_identity, dict(fields)
+    try:
+        yield
+    finally:
+        _owner_identity = outer
+
+
+def run_identity(plan: list[list[int]], **settings) -> dict:
+    """What a checkpoint of this run belongs to: the batch plan (which examples, in which order,
+    so a changed batch size or data count shows), the settings that shape the updates, and
+    what the runner set (checkpoint_identity)."""
+    plan_sha = hashlib.sha256(json.dumps(plan).encode()).hexdigest()[:16]
+    return {"plan": plan_sha, "steps": len(plan), **settings, **_owner_identity}
+
+
+def check_identity(saved: dict | None, mine: dict, where: Path, step: int) -> None:
+    """Refuse to resume from a checkpoint of another config or other data (None: a checkpoint
+    written before identities were recorded, taken as it is)."""
+    if saved is None:
+        return
+    changed = [f"{k}: {saved.get(k)!r} -> {mine.get(k)!r}" for k in sorted(set(saved) | set(mine))
+               if saved.get(k) != mine.get(k)]
+    if changed:
+        raise CheckpointMismatchError(
+            f"{where}: the checkpoint of step {step} belongs to another config or other data than this run "
+            f"({'; '.join(changed)}): resuming would mix the two. Restore the old values to resume, or delete "
+            f"{where} to train this stage afresh.")
+
+
+def save_checkpoint(ckpt_dir: Path, model, optimizer, step: int, log: list[dict],
+                    identity: dict | None = None) -> None:
     tmp = temp_dir_beside(ckpt_dir)  # unique: a duplicate run never writes into ours
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-             "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "log": log}
+             "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "log": log,
+             "identity": identity}
     try:
         with atomic_open(tmp / "state.pt") as f:
             torch.save(state, f)
@@ -93,11 +139,14 @@ def save_checkpoint(ckpt_dir: Path, model, optimizer, step: int, log: list[dict]
         raise
 
 
-def load_checkpoint(ckpt_dir: Path, model, optimizer) -> tuple[int, list[dict]]:
-    """Restore a checkpoint (falling back to the previous one if a save was cut): (step, log)."""
+def load_checkpoint(ckpt_dir: Path, model, optimizer, identity: dict | None = None) -> tuple[int, list[dict]]:
+    """Restore a checkpoint (falling back to the previous one if a save was cut): (step, log).
+    Plain tensors and containers only (weights_only): a checkpoint file cannot run code."""
     for d in (ckpt_dir, ckpt_dir.with_name(ckpt_dir.name + ".old")):
         if (d / "state.pt").exists():
-            state = torch.load(d / "state.pt", weights_only=False)
+            state = torch.load(d / "state.pt", weights_only=True)
+            if identity is not None:
+                check_identity(state.get("identity"), identity, ckpt_dir, state["step"])
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["torch_rng"])
@@ -137,7 +186,9 @@ def train(model, plan: list[list[int]], micro_batch_size: int, micro_step: Calla
     # run then takes the RNG state back from the checkpoint.
     torch.manual_seed(seed)
     random.seed(seed)
-    start, log = load_checkpoint(ckpt_dir, model, optimizer)
+    identity = run_identity(plan, micro_batch_size=micro_batch_size, lr=lr, min_lr=min_lr, warmup=warmup,
+                            weight_decay=weight_decay, grad_clip=grad_clip, seed=seed, backend="torch")
+    start, log = load_checkpoint(ckpt_dir, model, optimizer, identity)
     if start:
         print(f"[{desc}] resumed from the checkpoint of step {start} of {len(plan)}", flush=True)
     log_path = stage_dir / "train_log.jsonl"
@@ -172,7 +223,7 @@ def train(model, plan: list[list[int]], micro_batch_size: int, micro_step: Calla
             done = step + 1
             progress.update(done, total, "step")
             if clock.due(done, bool(signals)):
-                save_checkpoint(ckpt_dir, model, optimizer, done, log)
+                save_checkpoint(ckpt_dir, model, optimizer, done, log, identity)
                 write_log(log_path, log)
                 clock.saved()
             if signals or (stop_after is not None and done >= stop_after):

@@ -74,6 +74,9 @@ def test_submitit_writes_the_layout_into_its_sbatch_file(tmp_path, monkeypatch):
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=4",
                  "#SBATCH --partition=gpu", "#SBATCH --dependency=afterok:123"):
         assert line in text, (line, text)
+    # a dead rank ends the step: the other ranks do not hold their nodes until the time limit
+    srun = next(line for line in text.splitlines() if line.startswith("srun "))
+    assert "--kill-on-bad-exit=1" in srun.split()
 
 
 def test_worker_prints_the_sbatch_layout_for_iteration_sh(tmp_path):

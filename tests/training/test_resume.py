@@ -63,3 +63,32 @@ def test_sft_killed_after_a_checkpoint_ends_with_the_uninterrupted_weights(tmp_p
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
     log = (killed / "iter1" / "sft" / "train_log.jsonl").read_text().splitlines()
     assert [int(line.split('"step": ')[1].split(",")[0]) for line in log] == list(range(24))  # each step once
+
+
+def test_a_checkpoint_of_another_batch_size_or_other_data_is_refused(tmp_path):
+    """A preempted run resumed with another batch size would repeat or skip samples under a new
+    LR schedule; one resumed on other data (pairs regenerated) would mix two datasets."""
+    from srlm_hpc.training.loop import CheckpointMismatchError, batch_plan, checkpoint_identity, train
+
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+
+    def go(batch_size, stop_after=None, data="pairs:aaa"):
+        torch.manual_seed(1)
+        model = torch.nn.Linear(4, 1)
+
+        def micro_step(idx, batch):
+            loss = ((model(x[idx]) - y[idx]) ** 2).sum() / len(batch)
+            return loss, {"loss": loss.item()}
+
+        with checkpoint_identity(config="cfg-1", data=[data]):
+            return train(model, batch_plan(16, batch_size, 1, seed=3), 1, micro_step, lr=1e-2, min_lr=1e-3, warmup=0,
+                         weight_decay=0.0, grad_clip=0.0, stage_dir=tmp_path, seed=5, checkpoint_every=1,
+                         stop_after=stop_after)
+
+    go(4, stop_after=2)  # preempted after 2 of 4 steps, checkpoint saved
+    with pytest.raises(CheckpointMismatchError, match=r"step 2 .*plan: .*steps: 4 -> 8"):
+        go(2)
+    with pytest.raises(CheckpointMismatchError, match="data: \\['pairs:aaa'\\] -> \\['pairs:bbb'\\]"):
+        go(4, data="pairs:bbb")
+    assert [e["step"] for e in go(4)] == [0, 1, 2, 3]  # the same values resume where it stopped
