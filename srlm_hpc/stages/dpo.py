@@ -117,6 +117,8 @@ def run_shard(cfg: Config, shard: int) -> FileInfo | None:
             "reward_rejected": rejected_r.mean().item() * share,
             "reward_margin": (chosen_r - rejected_r).mean().item() * share,
             "reward_accuracy": (chosen_r > rejected_r).float().mean().item() * share,
+            # sequence tokens of both sides (summed over micro-batches: the step's tokens/s curve)
+            "tokens": float(sum(len(encoded[i][0][0]) + len(encoded[i][1][0]) for i in idx)),
         }
 
     train(policy, plan_, d.micro_batch_size, micro_step, lr=d.lr, min_lr=d.min_lr, warmup=d.warmup_steps,
