@@ -45,12 +45,16 @@ def heartbeat(man: StageManifest, shard: int, interval: float):
     """Touch the shard's manifest entry every `interval` s while it runs, so `status` can
     tell a live shard from one whose node died. Joined before the shard is marked done or
     failed: a late beat must never overwrite the final state."""
+    from . import progress
+
     stop = threading.Event()
+    progress.reset()
 
     def beat():
         while not stop.wait(interval):
             with contextlib.suppress(OSError):  # a flaky shared filesystem must not kill the shard
                 man.heartbeat(shard)
+                progress.write(man.dir, shard)  # chunk or step, for status (progress.py)
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{man.stage}-{shard}", daemon=True)
     thread.start()
@@ -157,6 +161,11 @@ def finish_stage_if_complete(cfg: Config, stage: str) -> None:
         from .summary import print_summary, write_summary
 
         print_summary(write_summary(cfg))
+    if stage == "dpo":  # the judge's parse rate and score histograms as curves (curves.py)
+        from .training.curves import write_iteration_curves
+
+        with contextlib.suppress(OSError, ValueError):
+            write_iteration_curves(cfg.work_dir, cfg.run.iter)
 
 
 def run_stage_local(cfg: Config, stage: str) -> None:
