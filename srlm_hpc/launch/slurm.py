@@ -15,6 +15,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..cli import WorkFailed
 from ..config import Config
 from ..manifest import StageManifest
 from ..runner import plan_stage, unfinished_shards
@@ -35,10 +36,25 @@ class StageSubmission:
         return sorted(set(self.submitted.values()) | set(self.in_queue.values()))
 
 
+class SlurmUnavailable(WorkFailed):
+    """squeue did not answer: no controller running, a wrong SLURM_CONF, munge down."""
+
+    def __init__(self, squeue_error: str):
+        self.squeue_error = squeue_error
+        super().__init__(f"{squeue_error}. Check the controller (`scontrol ping`), or run here with executor=local")
+
+
 def queued_jobs() -> dict[str, str]:
-    """Every job and array element in the queue: {'1234_5': 'RUNNING', ...}."""
-    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True, check=True).stdout
-    return dict(line.split(maxsplit=1) for line in out.splitlines() if line.strip())
+    """Every job and array element in the queue: {'1234_5': 'RUNNING', ...}; SlurmUnavailable,
+    with squeue's own error, when the controller does not answer."""
+    try:
+        proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SlurmUnavailable(f"Slurm does not answer: squeue: {e}") from e
+    if proc.returncode != 0:
+        said = " ".join(proc.stderr.split())[-300:] or "no message"
+        raise SlurmUnavailable(f"Slurm does not answer: `squeue` exited {proc.returncode}: {said}")
+    return dict(line.split(maxsplit=1) for line in proc.stdout.splitlines() if line.strip())
 
 
 def make_executor(cfg: Config, stage: str, dependency: list[str]):
