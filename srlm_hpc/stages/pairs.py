@@ -98,21 +98,20 @@ def _pair_of(responses: list[Response], rs: ResponseSet, iteration: int, tie_bre
 # ---- stats.json: running counts in a plain dict of ints (the merge snapshots it per file) --
 BINS = [f"{i / 2:.1f}-{(i + 1) / 2:.1f}" for i in range(10)]  # the rubric's 0-5 in steps of 0.5
 DROP_REASONS = ("too_few_scored", "all_tied", "truncated")  # build_pair's reasons, always listed
-# Counts added after stats.json first shipped: a merge resumed from an older state starts them at 0.
-LATER_COUNTS = ("truncated_responses", "truncated_judge_samples", "truncated_in_pairs")
+# Responses cut at responses.max_tokens (used or not), judge samples cut at judge.max_tokens, and
+# the truncated sides of kept pairs (nonzero only with pairs.allow_truncated=true).
+TRUNCATION_COUNTS = ("truncated_responses", "truncated_judge_samples", "truncated_in_pairs")
 
 
 def new_stats() -> dict:
     return {"prompts": 0, "pairs": 0, "dropped": dict.fromkeys(DROP_REASONS, 0), "responses": 0,
             "scored_responses": 0, "judge_samples": 0, "judge_parsed": 0, "chosen_hist": [0] * len(BINS),
             "rejected_hist": [0] * len(BINS), "chosen_tokens": 0, "rejected_tokens": 0, "chosen_longer": 0,
-            **dict.fromkeys(LATER_COUNTS, 0)}
+            **dict.fromkeys(TRUNCATION_COUNTS, 0)}
 
 
 def add_to_stats(stats: dict, rs: ResponseSet, pair, why: str) -> None:
     samples = parsed = scored = 0
-    for key in LATER_COUNTS:
-        stats.setdefault(key, 0)
     for r in rs.responses:  # the types later stages rely on, checked where the error can name the line
         js, sc = r.judge_scores, r.score
         if (type(r.text) is not str or type(r.n_tokens) is not int or type(js) is not list
@@ -154,10 +153,8 @@ def stats_report(stats: dict, iteration: int) -> dict:
         "responses": s["responses"], "scored_responses": s["scored_responses"],
         "judge_samples": s["judge_samples"], "judge_parsed": s["judge_parsed"],
         "judge_parse_rate": s["judge_parsed"] / s["judge_samples"] if s["judge_samples"] else 0.0,
-        # responses cut at responses.max_tokens (all of them, used or not); dropped["truncated"] is
-        # the prompts that had a pair only through them; truncated_in_pairs is nonzero only with
-        # pairs.allow_truncated=true
-        **{k: s.get(k, 0) for k in LATER_COUNTS},
+        # dropped["truncated"] is the prompts that had a pair only through truncated responses
+        **{k: s[k] for k in TRUNCATION_COUNTS},
         "score_bins": BINS, "chosen_score_hist": s["chosen_hist"], "rejected_score_hist": s["rejected_hist"],
         "mean_chosen_tokens": mean_c, "mean_rejected_tokens": mean_r,
         "length_ratio": mean_c / mean_r if mean_r else None,  # chosen / rejected mean tokens
