@@ -84,3 +84,18 @@ def test_iteration_curves_hold_the_judge_parse_rate_and_score_histograms(tmp_pat
 
 def test_crc32c_matches_the_published_check_value():
     assert crc32c(b"123456789") == 0xE3069283  # RFC 3720, B.4
+
+
+def test_log_wandb_without_wandb_installed_says_so_and_keeps_tensorboard(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here: this checks the message for when it is not")
+    from srlm_hpc.training.curves import StepCurves
+
+    monkeypatch.setenv("SRLM_WANDB", "1")  # what runner.setup_process sets for log.wandb=true
+    curves = StepCurves(tmp_path, [])
+    curves.step({"step": 0, "loss": 0.5, "tokens": 100.0, "seconds": 2.0})
+    curves.close()
+    assert "log.wandb=true but wandb is not installed" in capsys.readouterr().out
+    assert read_scalars(tmp_path / "tensorboard")["train/tokens_per_s"] == [(0, 50.0)]
