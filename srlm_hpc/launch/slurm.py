@@ -1,8 +1,9 @@
 """Queue stages as Slurm array jobs through submitit, chained with afterok.
 
-For each stage, in order: plan it, find the shards without a verified output, leave alone
+For each iteration of the range and each stage, in order: plan it, find the shards without a verified output, leave alone
 those whose job is still in the queue, and submit one array job for the rest, depending
-on the previous stage's jobs. Rerunning after any failure submits only what is missing.
+on the jobs of the stage it reads (iteration k+1's first stage on iteration k's dpo), whether
+this command queued them or an earlier one did. Rerunning after any failure submits only what is missing.
 
 A shard that has failed slurm.max_retries times (an error, or its job vanished while
 running it; preemptions and requeues do not count) is not resubmitted: submit reports it,
@@ -17,8 +18,9 @@ from pathlib import Path
 
 from ..cli import WorkFailed
 from ..config import Config
+from ..iterations import not_ready_message, outside_upstreams, stage_progress, upstreams_of
 from ..manifest import StageManifest
-from ..runner import plan_stage, unfinished_shards
+from ..runner import finish_stage_if_complete, plan_stage, unfinished_shards
 from .resources import stage_resources
 from ..worker import ShardTask
 
@@ -57,12 +59,26 @@ def queued_jobs() -> dict[str, str]:
     return dict(line.split(maxsplit=1) for line in proc.stdout.splitlines() if line.strip())
 
 
+def max_array_size() -> int:
+    """The cluster's MaxArraySize (array indices must stay below it); Slurm's default when
+    scontrol does not say."""
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 1001
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "MaxArraySize" and value.strip().isdigit():
+            return max(2, int(value.strip()))
+    return 1001
+
+
 def make_executor(cfg: Config, stage: str, dependency: list[str]):
     import submitit
 
     s = cfg.slurm
     folder = cfg.log_dir / f"iter{cfg.run.iter}" / stage
-    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm", slurm_max_num_timeout=s.max_timeouts)
     extra = dict(e.split("=", 1) if "=" in e else (e, "") for e in s.extra)
     extra["kill-on-invalid-dep"] = "yes"  # a failed upstream task cancels dependents; rerun resubmits
     if dependency:
@@ -108,30 +124,86 @@ def submit_stage(cfg: Config, config_path: Path, stage: str, dependency: list[st
     todo = unfinished_shards(man, n_shards)
     sub = StageSubmission(stage, n_shards, n_shards - len(todo))
     to_submit = triage(man, todo, queue, cfg.slurm.max_retries, sub)
+    if not todo:  # every shard done: its finalize too (redone here if a task's was cut short)
+        finish_stage_if_complete(cfg, stage)
     if to_submit:
         executor = make_executor(cfg, stage, dependency)
-        jobs = executor.map_array(ShardTask(str(config_path), stage), to_submit)
-        for shard, job in zip(to_submit, jobs):
-            sub.submitted[shard] = job.job_id
-            man.mark_queued(shard, job.job_id)
+        # Slurm refuses an array index >= MaxArraySize (1001 by default): one array job per slice.
+        size = max_array_size() - 1
+        for i in range(0, len(to_submit), size):
+            part = to_submit[i:i + size]
+            jobs = executor.map_array(ShardTask(str(config_path), stage), part)
+            for shard, job in zip(part, jobs):
+                sub.submitted[shard] = job.job_id
+                man.mark_queued(shard, job.job_id)
     return sub
 
 
-def submit_iteration(cfg: Config, config_path: Path, stages: list[str]) -> list[StageSubmission]:
+class UpstreamNotQueuedError(RuntimeError):
+    """A stage's input is neither done, nor made by this command, nor queued: nothing to wait for."""
+
+
+def live_jobs(cfg: Config, k: int, stage: str, queue: dict[str, str]) -> list[str]:
+    """Job ids in the queue that are running or will run an unfinished shard of `stage` of iteration k."""
+    man = StageManifest(cfg.manifest_root, k, stage)
+    plan = man.plan()
+    if plan is None:
+        return []
+    jobs = set()
+    for shard in unfinished_shards(man, plan["n_shards"]):
+        st = man.get(shard)
+        jobs |= {j for j in (st.job_id, man.queued_job(shard)) if j and j in queue}
+    return sorted(jobs)
+
+
+def outside_dependencies(work: list[tuple[Config, Path, list[str]]], queue: dict[str, str]) -> dict:
+    """(iteration, stage) -> queued job ids, for every input of this command that another command
+    queued and that is not done yet; an input neither done nor queued is an error, raised before
+    anything is submitted."""
+    cfg = work[0][0]
+    deps, problems = {}, []
+    for k, stage in outside_upstreams([(c, stages) for c, _, stages in work]):
+        done, progress = stage_progress(cfg, k, stage)
+        if done:
+            continue
+        jobs = live_jobs(cfg, k, stage, queue)
+        if jobs:
+            deps[(k, stage)] = jobs
+        else:
+            problems.append(not_ready_message(work[-1][0], k, stage, progress, ", and no job of it is queued"))
+    if problems:
+        raise UpstreamNotQueuedError("\n  ".join(problems))
+    return deps
+
+
+def submit_range(work: list[tuple[Config, Path, list[str]]]) -> list[StageSubmission]:
+    """Queue every stage of every iteration in `work` ((config, its saved path, stages) per
+    iteration, in order) at once. Each stage depends (afterok) on the jobs of the stages it
+    reads: those this command queued or found queued, and jobs other commands queued for
+    inputs this command does not run (iteration k+1's prompts waits for iteration k's dpo)."""
     queue = queued_jobs()
-    dependency: list[str] = []
+    jobs = outside_dependencies(work, queue)  # (iteration, stage) -> job ids to wait for
     subs = []
-    for stage in stages:
-        sub = submit_stage(cfg, config_path, stage, dependency, queue)
-        subs.append(sub)
-        print(f"[{stage}] iter {cfg.run.iter}: {sub.n_shards} shard(s): {sub.done} done, "
-              f"{len(sub.in_queue)} already queued, {len(sub.submitted)} submitted"
-              + (f" as job {sorted(set(j.split('_')[0] for j in sub.submitted.values()))[0]}" if sub.submitted else ""),
-              flush=True)
-        if sub.exhausted:
-            print(f"[{stage}] shard(s) {sub.exhausted} failed {cfg.slurm.max_retries} times and are not resubmitted; "
-                  f"see `python -m srlm_hpc.status` for their errors and logs. Later stages are not queued.", flush=True)
-            break
-        dependency = [j.split("_")[0] for j in sub.submitted.values()] + list(sub.in_queue.values())
-        dependency = sorted(set(dependency))
+    for cfg, config_path, stages in work:
+        k = cfg.run.iter
+        for stage in stages:
+            dependency = sorted({j for u in upstreams_of(k, stage) for j in jobs.get(u, [])})
+            sub = submit_stage(cfg, config_path, stage, dependency, queue)
+            subs.append(sub)
+            print(f"[{stage}] iter {k}: {sub.n_shards} shard(s): {sub.done} done, "
+                  f"{len(sub.in_queue)} already queued, {len(sub.submitted)} submitted"
+                  + (f" as job {sorted(set(j.split('_')[0] for j in sub.submitted.values()))[0]}"
+                     if sub.submitted else "") + (f" after {','.join(dependency)}" if sub.submitted and dependency
+                                                  else ""), flush=True)
+            if sub.exhausted:
+                print(f"[{stage}] iter {k}: shard(s) {sub.exhausted} failed {cfg.slurm.max_retries} times and are "
+                      f"not resubmitted; see `python -m srlm_hpc.status` for their errors and logs. Later stages "
+                      f"are not queued.", flush=True)
+                return subs
+            jobs[(k, stage)] = sorted({j.split("_")[0] for j in sub.submitted.values()} | set(sub.in_queue.values()))
     return subs
+
+
+def submit_iteration(cfg: Config, config_path: Path, stages: list[str]) -> list[StageSubmission]:
+    """One iteration: submit_range of a single iteration."""
+    return submit_range([(cfg, config_path, stages)])

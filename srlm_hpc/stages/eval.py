@@ -1,18 +1,23 @@
-"""Stage `eval`: how good are the judge and the answers of M_{k+1}, the model iteration k made.
+"""Stage `eval`: how good are the models of the loop, as judges and as answerers.
 
-Per shard, over held-out data (SPEC.md, "Evaluation"):
-(a) reward modeling: M_{k+1} judges every held-out ranked reply with the paper's rubric,
-    through the judge stage's `judge_sets` and its settings (judge.k, temperature, ...);
-(b) head-to-head: M_{k+1} and M_k (and the SFT baseline, when it is another model) answer
-    the held-out prompts with the responses stage's sampling settings; the judge model
-    (eval.judge_model, default M_{k+1}) decides each pair of answers by eval.h2h_method:
-    "pairwise" (the paper's GPT-4 style A/B comparison, in both orders) or "rubric" (each
-    answer scored alone with the paper's 0-5 rubric, judge.k samples averaged; the higher
-    mean wins), for a judge that was only ever taught the rubric;
-(c) lengths of those answers, in tokens.
+Per shard, over held-out data (SPEC.md, "Evaluation"; without eval.oasst_path the shipped
+srlm_hpc/seed/heldout.jsonl, prompts with 3+ human-ranked replies never used in training):
+(a) reward modeling: each model judges every held-out ranked reply with the paper's rubric,
+    through the judge stage's `judge_sets` and its settings (judge.k, temperature, ...).
+    Iteration k measures the IFT-only baseline (eval.baseline_model, when set), M_k and
+    M_{k+1}; results are cached by model fingerprint (<work_dir>/eval_cache/), so each model
+    is judged once whichever iteration asks, and a rerun recomputes nothing;
+(b) head-to-head: M_{k+1} against M_k and against the SFT baseline (and in iteration 1, M1
+    against the IFT-only baseline), on the held-out prompts with the responses stage's
+    temperature and top-p, up to eval.max_tokens; a fixed judge decides each pair (eval.judge_model, default M1 frozen: the same
+    model in every iteration, never the model under test) by eval.h2h_method: "pairwise" (the
+    paper's GPT-4 style A/B comparison, both orders) or "rubric" (each answer scored alone with
+    the 0-5 rubric, judge.k samples averaged; the higher mean wins);
+(c) lengths of those answers, in tokens and in characters (AlpacaEval's avg_length unit).
 A shard works in phases, each saved (and chunked, through run_chunked) before the next, so a
 killed shard resumes where it stopped; the phases are ordered so each model loads once.
-`summarise` then writes <work_dir>/iter<k>/eval/metrics.json from the verified shards.
+`summarise` then writes <work_dir>/iter<k>/eval/metrics.json from the verified shards, and
+the run's table across models, <work_dir>/summary.json.
 
     python -m srlm_hpc.submit stage=eval iter=1 preset=demo
     python -m srlm_hpc.stages.eval iter=1 preset=demo     # (re)write metrics.json only
@@ -26,7 +31,7 @@ import sys
 from pathlib import Path
 
 from ..config import Config, EvalConfig
-from ..data.oasst import heldout_turns, load_seed
+from ..data.oasst import heldout_turns
 from ..engines import SamplingConfig
 from ..files import FileInfo, atomic_write_json, iter_jsonl, read_json, read_jsonl, write_jsonl
 from ..metrics import combine_orders, head_to_head, length_stats, reward_modeling
@@ -122,14 +127,27 @@ def parsed_share(rec: dict) -> tuple[int, int]:
 
 
 # ---- what a shard works on ----------------------------------------------------------------------
+HELDOUT_SEED_FILE = "heldout.jsonl"  # srlm_hpc/seed/: written for the project, never trained on
+
+
+def seed_heldout_turns() -> list[dict]:
+    """The shipped held-out set: prompts with 3+ human-ranked replies that no IFT or EFT
+    example uses (srlm_hpc/seed/README.md)."""
+    from importlib import resources
+
+    from ..data.oasst import first_turns, read_messages
+
+    with resources.as_file(resources.files("srlm_hpc.seed").joinpath(HELDOUT_SEED_FILE)) as p:
+        return [t for t in first_turns(read_messages(p))[0] if len(t["replies"]) >= 2]
+
+
 def heldout(cfg: Config) -> tuple[list[dict], list[dict]]:
-    """(ranked turns for reward modeling, {"prompt_id", "prompt"} for head-to-head), capped."""
+    """(ranked turns for reward modeling, {"prompt_id", "prompt"} for head-to-head), capped.
+    Without eval.oasst_path both come from the shipped held-out set."""
     e = eval_config(cfg)
-    turns = heldout_turns(e.oasst_path or None, e.split_seed, e.ift_size, e.heldout_frac)
-    if e.oasst_path:
-        prompts = [{"prompt_id": t["prompt_id"], "prompt": t["prompt"]} for t in turns]
-    else:
-        prompts = [{"prompt_id": p["id"], "prompt": p["prompt"]} for p in load_seed("ift")]
+    turns = heldout_turns(e.oasst_path, e.split_seed, e.ift_size, e.heldout_frac) if e.oasst_path \
+        else seed_heldout_turns()
+    prompts = [{"prompt_id": t["prompt_id"], "prompt": t["prompt"]} for t in turns]
     return turns[:e.max_rm_prompts], prompts[:e.max_h2h_prompts]
 
 
@@ -146,15 +164,59 @@ def plan(cfg: Config) -> tuple[int, dict]:
         **({"h2h_method": e.h2h_method} if e.h2h_method != "pairwise" else {})}
 
 
+BASELINE = "SFT baseline"  # the IFT-only model (eval.baseline_model), the paper's "SFT baseline"
+
+
 def models(cfg: Config) -> dict[str, tuple[str, Path]]:
-    """role -> (name, path): "new" = M_{k+1}, "previous" = M_k, "baseline" unless it is M_k, "judge"."""
+    """role -> (name, path): "new" = M_{k+1}, "previous" = M_k, "baseline" = eval.baseline_model
+    (else M1) unless it is M_k, and "judge" of the head-to-head: eval.judge_model, else M1
+    frozen, the same model in every iteration and never the new model under test."""
     k, e = cfg.run.iter, eval_config(cfg)
     out = {"new": (f"M{k + 1}", model_path(cfg, k + 1)), "previous": (f"M{k}", model_path(cfg, k))}
-    base = (Path(e.baseline_model).name, Path(e.baseline_model)) if e.baseline_model else ("M1", model_path(cfg, 1))
+    base = (BASELINE, Path(e.baseline_model)) if e.baseline_model else ("M1", model_path(cfg, 1))
     if base[1].resolve() != out["previous"][1].resolve():
         out["baseline"] = base
-    out["judge"] = (Path(e.judge_model).name, Path(e.judge_model)) if e.judge_model else out["new"]
+    out["judge"] = (Path(e.judge_model).name, Path(e.judge_model)) if e.judge_model else ("M1", model_path(cfg, 1))
     return out
+
+
+def judged_roles(cfg: Config) -> list[str]:
+    """Whose judging iteration k measures: the IFT-only baseline (when the run has one), M_k and
+    M_{k+1}. Each model's numbers are cached by its fingerprint, so across iterations every
+    model is measured once (M2 by iteration 1, and reused by iteration 2)."""
+    return (["baseline"] if eval_config(cfg).baseline_model else []) + ["previous", "new"]
+
+
+def comparisons(cfg: Config, roles: dict) -> list[tuple[str, str, str]]:
+    """(key, new role, old role): M_{k+1} vs M_k, vs the baseline, and in iteration 1 with an
+    IFT-only baseline, M1 vs that baseline (the paper's first head-to-head)."""
+    out = [("previous", "new", "previous")]
+    if "baseline" in roles:
+        out.append(("baseline", "new", "baseline"))
+    if eval_config(cfg).baseline_model and cfg.run.iter == 1 and "baseline" in roles:
+        out.append(("previous_vs_baseline", "previous", "baseline"))
+    return out
+
+
+def cache_dir(cfg: Config, kind: str, model: Path) -> Path:
+    """<work_dir>/eval_cache/<kind>-<settings>/<model fingerprint>/: one model's reward-modeling
+    judgements ("rm") or held-out answers ("answers"), whichever iteration asked first. The
+    settings digest covers everything that shapes them, so a changed setting is a new folder."""
+    import hashlib
+    import json
+
+    from ..engines import resolve_engine_name
+    from ..models import model_fingerprint
+
+    e, j, r = eval_config(cfg), cfg.judge, cfg.responses
+    keys = {"source": [e.oasst_path, e.split_seed, e.ift_size, e.heldout_frac], "shard_size": e.shard_size,
+            "seed": cfg.run.seed, "engine": resolve_engine_name(cfg.run.engine), "batch_size": e.batch_size}
+    if kind == "rm":
+        keys.update(cap=e.max_rm_prompts, k=j.k, temperature=j.temperature, top_p=j.top_p, max_tokens=j.max_tokens)
+    else:
+        keys.update(cap=e.max_h2h_prompts, temperature=r.temperature, top_p=r.top_p, max_tokens=e.max_tokens)
+    digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:12]
+    return cfg.work_dir / "eval_cache" / f"{kind}-{digest}" / model_fingerprint(model)[:24]
 
 
 def _phase(path: Path, items: list, chunk_size: int, process, desc: str) -> list[dict]:
@@ -173,64 +235,86 @@ def run_shard(cfg: Config, shard: int) -> FileInfo:
     turns, prompts = turns[lo:hi], prompts[lo:hi]
     roles = models(cfg)
     work = cfg.stage_dir(STAGE) / "work"
+    name = f"shard-{shard:05d}"
+    fingerprints: dict[str, str] = {}
+
+    def fingerprint(role: str) -> str:
+        from ..models import model_fingerprint
+
+        path = roles[role][1]
+        fingerprints.setdefault(str(path), model_fingerprint(path))
+        return fingerprints[str(path)]
 
     def engine(role: str):
         return engine_for(cfg, roles[role][1], batch_size=e.batch_size)
 
     def seed(kind: str, c: int) -> int:
-        return shard_seed(cfg.run.seed, cfg.run.iter, f"{STAGE}-{kind}", shard, c)
+        # Iteration 0 for what is cached per model: the same draws whichever iteration asks.
+        return shard_seed(cfg.run.seed, 0 if kind in ("rm", "answer") else cfg.run.iter, f"{STAGE}-{kind}", shard, c)
 
-    def judge_rm(chunk: list[dict], c: int) -> list[dict]:
-        eng = engine("new")
-        sets = [ResponseSet(t["prompt_id"], t["prompt"], [Response(x["id"], x["text"], eng.count_tokens(x["text"]))
-                                                          for x in t["replies"]]) for t in chunk]
-        params = SamplingConfig(n=j.k, temperature=j.temperature, top_p=j.top_p, max_tokens=j.max_tokens,
-                                seed=seed("rm", c))
-        return [{"kind": "rm", "ranks": [x["rank"] for x in t["replies"]], **s.to_dict()}
-                for t, s in zip(chunk, judge_sets(eng, sets, params))]
+    def judge_rm(role: str):
+        def process(chunk: list[dict], c: int) -> list[dict]:
+            eng = engine(role)
+            sets = [ResponseSet(t["prompt_id"], t["prompt"], [Response(x["id"], x["text"], eng.count_tokens(x["text"]))
+                                                              for x in t["replies"]]) for t in chunk]
+            params = SamplingConfig(n=j.k, temperature=j.temperature, top_p=j.top_p, max_tokens=j.max_tokens,
+                                    seed=seed("rm", c))
+            return [{"kind": "rm", "ranks": [x["rank"] for x in t["replies"]], **s.to_dict()}
+                    for t, s in zip(chunk, judge_sets(eng, sets, params))]
+        return process
 
     def answer(role: str):
         def process(chunk: list[dict], c: int) -> list[dict]:
             # The same seed for every model: the answers differ by the model, not the draw.
-            params = SamplingConfig(n=1, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens,
+            params = SamplingConfig(n=1, temperature=r.temperature, top_p=r.top_p, max_tokens=e.max_tokens,
                                     seed=seed("answer", c))
             outs = engine(role).generate([[{"role": "user", "content": p["prompt"]}] for p in chunk], params)
-            return [{"kind": "answer", "role": role, "model": roles[role][0], "prompt_id": p["prompt_id"],
-                     "prompt": p["prompt"], "text": o[0].text, "n_tokens": o[0].n_tokens,
-                     "finish_reason": o[0].finish_reason} for p, o in zip(chunk, outs)]
+            return [{"kind": "answer", "prompt_id": p["prompt_id"], "prompt": p["prompt"], "text": o[0].text,
+                     "n_tokens": o[0].n_tokens, "n_chars": len(o[0].text), "finish_reason": o[0].finish_reason}
+                    for p, o in zip(chunk, outs)]
         return process
 
-    def compare(opponent: str, new_answers: list[dict], old_answers: list[dict]):
+    def compare(key: str, new_answers: list[dict], old_answers: list[dict], new_role: str, old_role: str):
         def process(chunk: list[int], c: int) -> list[dict]:
             pairs = [(new_answers[i]["prompt"], new_answers[i]["text"], old_answers[i]["text"]) for i in chunk]
             if e.h2h_method == "rubric":  # the judge stage's sampling: k samples, their mean
                 params = SamplingConfig(n=j.k, temperature=j.temperature, top_p=j.top_p, max_tokens=j.max_tokens,
-                                        seed=seed(f"rubric-{opponent}", c))
+                                        seed=seed(f"rubric-{key}", c))
                 found = compare_rubric(engine("judge"), pairs, params)
             else:
                 params = SamplingConfig(n=1, temperature=e.compare_temperature, top_p=1.0,
-                                        max_tokens=e.compare_max_tokens, seed=seed(f"compare-{opponent}", c))
+                                        max_tokens=e.compare_max_tokens, seed=seed(f"compare-{key}", c))
                 found = compare_pairwise(engine("judge"), pairs, params)
-            return [{"kind": "h2h", "opponent": opponent, "new_model": roles["new"][0],
-                     "old_model": roles[opponent][0], "judge_model": roles["judge"][0],
+            return [{"kind": "h2h", "opponent": key, "new_model": roles[new_role][0],
+                     "old_model": roles[old_role][0], "judge_model": roles["judge"][0],
+                     "judge_fingerprint": fingerprint("judge"),
                      "prompt_id": new_answers[i]["prompt_id"], **rec} for i, rec in zip(chunk, found)]
         return process
 
-    name = f"shard-{shard:05d}"
+    judged = judged_roles(cfg)
+    pairs = comparisons(cfg, roles)
+    answering = sorted({x for _, n, o in pairs for x in (n, o)}, key=list(roles).index)
+    # Each model loads once: its judging and its answers together, the h2h judge's model last.
+    judge_path = roles["judge"][1].resolve()
+    order = sorted(dict.fromkeys(judged + answering), key=lambda role: roles[role][1].resolve() == judge_path)
     per_rm = max(1, e.batch_size // max(1, j.k))
-    opponents = [o for o in ("previous", "baseline") if o in roles]
-    # Order: the opponents' answers, then everything M_{k+1} does, then the judge (often M_{k+1}).
-    answers = {o: _phase(work / f"{name}.answers-{o}.jsonl", prompts, e.batch_size, answer(o), f"eval {o} answers")
-               for o in opponents}
-    rm = _phase(work / f"{name}.rm.jsonl", turns, per_rm, judge_rm, f"eval rm shard {shard}")
-    answers["new"] = _phase(work / f"{name}.answers-new.jsonl", prompts, e.batch_size, answer("new"),
-                            "eval new answers")
+    rm, answers = [], {}
+    for role in order:
+        model, fp = roles[role][0], fingerprint(role)
+        if role in judged:
+            recs = _phase(cache_dir(cfg, "rm", roles[role][1]) / f"{name}.jsonl", turns, per_rm, judge_rm(role),
+                          f"eval rm {model} shard {shard}")
+            rm += [{**rec, "model": model, "fingerprint": fp} for rec in recs]
+        if role in answering:
+            recs = _phase(cache_dir(cfg, "answers", roles[role][1]) / f"{name}.jsonl", prompts, e.batch_size,
+                          answer(role), f"eval {model} answers")
+            answers[role] = [{**rec, "role": role, "model": model, "fingerprint": fp} for rec in recs]
     h2h = []
-    for o in opponents:
-        h2h += _phase(work / f"{name}.h2h-{e.h2h_method}-{o}.jsonl", list(range(len(prompts))),
+    for key, new_role, old_role in pairs:
+        h2h += _phase(work / f"{name}.h2h-{e.h2h_method}-{key}.jsonl", list(range(len(prompts))),
                       max(1, e.batch_size // 2),
-                      compare(o, answers["new"], answers[o]), f"eval h2h vs {o}")
-    info = write_jsonl(shard_output(cfg, STAGE, shard), rm + [a for o in ("new", *opponents) for a in answers[o]] + h2h)
+                      compare(key, answers[new_role], answers[old_role], new_role, old_role), f"eval h2h {key}")
+    info = write_jsonl(shard_output(cfg, STAGE, shard), rm + [a for role in answering for a in answers[role]] + h2h)
     for p in work.glob(f"{name}.*"):
         p.unlink()
     return info
@@ -247,9 +331,8 @@ def _hist(scores: list[float]) -> list[int]:
     return h
 
 
-def aggregate(records: list[dict]) -> dict:
-    """The eval numbers of one iteration from its shard records (pure; summarise adds context)."""
-    rm = [rec for rec in records if rec["kind"] == "rm"]
+def reward_modeling_of(rm: list[dict]) -> dict:
+    """The reward-modeling numbers of one judge from its rm records, with score histograms."""
     prompts = [(rec["ranks"], [x["score"] for x in rec["responses"]]) for rec in rm]
     samples = [s for rec in rm for x in rec["responses"] for s in x["judge_scores"]]
     by_rank: dict[str, list[float]] = {"0": [], "1": [], "2+": []}
@@ -258,36 +341,64 @@ def aggregate(records: list[dict]) -> dict:
             if x["score"] is not None:
                 by_rank[str(rank) if rank < 2 else "2+"].append(x["score"])
     scores = [s for v in by_rank.values() for s in v]
+    return {**reward_modeling(prompts, samples), "score_bins": BINS, "score_hist": _hist(scores),
+            "score_hist_by_rank": {k: _hist(v) for k, v in by_rank.items()}}
+
+
+def aggregate(records: list[dict]) -> dict:
+    """The eval numbers of one iteration from its shard records (pure; summarise adds context).
+    `reward_modeling` is the new model's (records without a model name: all of them);
+    `reward_modeling_by_model` has every judged model's."""
+    rm_by_model: dict[str, list[dict]] = {}
+    for rec in records:
+        if rec["kind"] == "rm":
+            rm_by_model.setdefault(rec.get("model", ""), []).append(rec)
+    by_model = {m: reward_modeling_of(recs) for m, recs in rm_by_model.items()}
+    new_model = next((rec["new_model"] for rec in records if rec["kind"] == "h2h" and rec["opponent"] == "previous"),
+                     next((rec["model"] for rec in records if rec["kind"] == "answer" and rec.get("role") == "new"), ""))
     answers: dict[str, dict] = {}
     for rec in records:
         if rec["kind"] == "answer":
-            a = answers.setdefault(rec["role"], {"model": rec["model"], "lengths": [], "hit_max_tokens": 0})
+            a = answers.setdefault(rec["role"], {"model": rec["model"], "lengths": [], "chars": [], "hit_max_tokens": 0})
             a["lengths"].append(rec["n_tokens"])
+            a["chars"].append(rec.get("n_chars", 0))
             a["hit_max_tokens"] += rec["finish_reason"] == "length"
     h2h: dict[str, dict] = {}
-    for opp in sorted({rec["opponent"] for rec in records if rec["kind"] == "h2h"}):
-        recs = [rec for rec in records if rec["kind"] == "h2h" and rec["opponent"] == opp]
+    for key in sorted({rec["opponent"] for rec in records if rec["kind"] == "h2h"}):
+        recs = [rec for rec in records if rec["kind"] == "h2h" and rec["opponent"] == key]
         shares = [parsed_share(rec) for rec in recs]
         parsed, total = sum(n for n, _ in shares), sum(n for _, n in shares)
-        h2h[opp] = {"new_model": recs[0]["new_model"], "old_model": recs[0]["old_model"],
-                    "judge_model": recs[0]["judge_model"], "method": recs[0].get("method", "pairwise"),
+        h2h[key] = {"new_model": recs[0]["new_model"], "old_model": recs[0]["old_model"],
+                    "judge_model": recs[0]["judge_model"], "judge_fingerprint": recs[0].get("judge_fingerprint"),
+                    "method": recs[0].get("method", "pairwise"),
                     **head_to_head(rec["outcome"] for rec in recs),
                     # pairwise: verdicts read (2 per prompt); rubric: score samples read (2k per prompt)
                     "verdict_parse_rate": parsed / total if total else None}
+    unnamed = by_model.pop("", None)  # records written before rm records named their model
     return {
-        "reward_modeling": {**reward_modeling(prompts, samples), "score_bins": BINS, "score_hist": _hist(scores),
-                            "score_hist_by_rank": {k: _hist(v) for k, v in by_rank.items()}},
+        "reward_modeling": by_model.get(new_model) or unnamed or {},
+        "reward_modeling_by_model": by_model,
         "head_to_head": h2h,
-        "length": {"answers": {role: {**a, **length_stats(a["lengths"])} for role, a in answers.items()}},
+        # tokens: "mean", "median", "p90"; characters (AlpacaEval's avg_length unit): "chars_*"
+        "length": {"answers": {role: {**a, **length_stats(a["lengths"]),
+                                      **{f"chars_{k}": v for k, v in length_stats(a["chars"]).items()}}
+                               for role, a in answers.items()}},
     }
 
 
 def summarise(cfg: Config) -> dict:
     """metrics.json of iteration k: aggregate() of the verified shards, the responses stage's
-    lengths (M_k's samples) and the pairs' chosen/rejected lengths, when those stages ran."""
+    lengths (M_k's samples) and the pairs' chosen/rejected lengths, when those stages ran;
+    then the run's table across models (summary.write_run_summary)."""
     records = [rec for info in upstream_outputs(cfg, STAGE) for rec in iter_jsonl(info.path)]
-    out = {"iter": cfg.run.iter, "models": {role: name for role, (name, _) in models(cfg).items()},
-           "heldout_source": eval_config(cfg).oasst_path or "seed (smoke-scale stand-in)", **aggregate(records)}
+    roles = models(cfg)
+    fps = {rec["model"]: rec["fingerprint"] for rec in records if rec.get("fingerprint")}
+    out = {"iter": cfg.run.iter, "models": {role: name for role, (name, _) in roles.items()},
+           "model_paths": {role: str(path) for role, (_, path) in roles.items()}, "fingerprints": fps,
+           "judge": {"model": roles["judge"][0], "path": str(roles["judge"][1]),
+                     "chosen_by": "eval.judge_model" if eval_config(cfg).judge_model else "default: M1 frozen"},
+           "heldout_source": eval_config(cfg).oasst_path or f"seed {HELDOUT_SEED_FILE} (written for the project)",
+           **aggregate(records)}
     try:
         lengths = [x["n_tokens"] for info in upstream_outputs(cfg, "responses")
                    for rec in iter_jsonl(info.path) for x in rec["responses"]]
@@ -301,6 +412,9 @@ def summarise(cfg: Config) -> dict:
                                                           "length_ratio", "chosen_longer_frac")}
     atomic_write_json(cfg.stage_dir(STAGE) / "metrics.json", out)
     shutil.rmtree(cfg.stage_dir(STAGE) / "work", ignore_errors=True)
+    from ..summary import write_run_summary
+
+    write_run_summary(cfg)
     return out
 
 

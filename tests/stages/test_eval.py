@@ -32,11 +32,11 @@ def make_cfg(work, tiny_llama, baseline):
     cfg = build_config({"work_dir": str(work), "model": str(tiny_llama), "engine": "hf", "device": "cpu",
                         "seed": 3, "iter": 1, "judge.k": 2, "judge.max_tokens": 6, "responses.max_tokens": 6})
     return with_eval(cfg, max_rm_prompts=3, max_h2h_prompts=2, shard_size=2, batch_size=4,
-                     compare_max_tokens=6, baseline_model=str(baseline))
+                     compare_max_tokens=6, max_tokens=6, baseline_model=str(baseline))
 
 
 def run_all(cfg):
-    man = StageManifest(cfg.manifest_root, 1, "eval")
+    man = StageManifest(cfg.manifest_root, cfg.run.iter, "eval")
     n, keys = ev.plan(cfg)
     man.write_plan(n, keys)
     for shard in range(n):
@@ -69,16 +69,21 @@ def test_shard_records_follow_the_schema(evaluated):
     cfg, _, _ = evaluated
     first = read_jsonl(cfg.stage_dir("eval") / "shard-00000.jsonl")
     kinds = [r["kind"] for r in first]
-    assert kinds == ["rm"] * 2 + ["answer"] * 6 + ["h2h"] * 4  # 2 prompts x (new, previous, baseline)
+    # 2 prompts x 3 judges (IFT-only baseline, M1, M2); answers of M2, M1, baseline; h2h M2-M1, M2-base, M1-base
+    assert kinds == ["rm"] * 6 + ["answer"] * 6 + ["h2h"] * 6
     rm = first[0]
-    assert len(rm["ranks"]) == len(rm["responses"]) >= 2 and sorted(rm["ranks"]) == rm["ranks"]
+    assert len(rm["ranks"]) == len(rm["responses"]) >= 3 and sorted(rm["ranks"]) == rm["ranks"]
     assert all(len(x["judge_texts"]) == 2 and len(x["judge_scores"]) == 2 for x in rm["responses"])
+    assert sorted({r["model"] for r in first if r["kind"] == "rm"}) == ["M1", "M2", "SFT baseline"]
     h2h = [r for r in first if r["kind"] == "h2h"]
-    assert {(r["opponent"], r["old_model"]) for r in h2h} == {("previous", "M1"), ("baseline", "sft-ift-only")}
-    assert all(r["new_model"] == "M2" and len(r["judge_texts"]) == 2 and len(r["verdicts"]) == 2 for r in h2h)
+    assert {(r["opponent"], r["new_model"], r["old_model"]) for r in h2h} == {
+        ("previous", "M2", "M1"), ("baseline", "M2", "SFT baseline"), ("previous_vs_baseline", "M1", "SFT baseline")}
+    assert all(r["judge_model"] == "M1" and len(r["judge_texts"]) == 2 and len(r["verdicts"]) == 2 for r in h2h)
     assert all(r["outcome"] in ("win", "tie", "loss", None) for r in h2h)
+    answers = [r for r in first if r["kind"] == "answer"]
+    assert all(r["n_chars"] == len(r["text"]) for r in answers)
     second = read_jsonl(cfg.stage_dir("eval") / "shard-00001.jsonl")
-    assert [r["kind"] for r in second] == ["rm"]  # 3 rm prompts, 2 h2h prompts: shard 1 has one rm
+    assert [r["kind"] for r in second] == ["rm"] * 3  # 3 rm prompts, 2 h2h prompts: shard 1 has one rm per judge
     assert not (cfg.stage_dir("eval") / "work").exists()
 
 
@@ -88,12 +93,15 @@ def test_metrics_json(evaluated):
     rm = m["reward_modeling"]
     assert rm["n_prompts"] == 3 and rm["n_replies"] >= 6 and 0.0 <= rm["parse_rate"] <= 1.0
     assert sum(rm["score_hist"]) == rm["n_scored"]
-    assert set(m["head_to_head"]) == {"previous", "baseline"}
+    assert set(m["head_to_head"]) == {"previous", "baseline", "previous_vs_baseline"}
     assert all(h["n"] == 2 and h["win"] + h["tie"] + h["loss"] + h["unparsed"] == 2 for h in m["head_to_head"].values())
     answers = m["length"]["answers"]
     assert set(answers) == {"new", "previous", "baseline"}
-    assert all(a["n"] == 2 and 0 < a["mean"] <= 6 for a in answers.values())
-    assert m["models"] == {"new": "M2", "previous": "M1", "baseline": "sft-ift-only", "judge": "M2"}
+    assert all(a["n"] == 2 and 0 < a["mean"] <= 6 and a["chars_mean"] >= 0 for a in answers.values())
+    assert m["models"] == {"new": "M2", "previous": "M1", "baseline": "SFT baseline", "judge": "M1"}
+    assert m["judge"]["chosen_by"] == "default: M1 frozen"
+    assert set(m["reward_modeling_by_model"]) == {"SFT baseline", "M1", "M2"}
+    assert m["reward_modeling"] == m["reward_modeling_by_model"]["M2"]
 
 
 def test_resume_after_a_failure_mid_shard(tmp_path, tiny_llama, baseline, evaluated, monkeypatch):
@@ -112,8 +120,9 @@ def test_resume_after_a_failure_mid_shard(tmp_path, tiny_llama, baseline, evalua
     monkeypatch.setattr(ev, "parse_verdict", flaky)
     with pytest.raises(RuntimeError, match="node lost"):
         ev.run_shard(cfg, 0)
-    saved = sorted(p.name for p in (cfg.stage_dir("eval") / "work").iterdir())
-    assert "shard-00000.rm.jsonl" in saved and "shard-00000.answers-new.jsonl" in saved
+    saved = sorted(p.relative_to(cfg.work_dir / "eval_cache").parts[0].split("-")[0]
+                   for p in (cfg.work_dir / "eval_cache").rglob("shard-00000.jsonl"))
+    assert saved == ["answers", "rm"]  # one fingerprint (every role is the tiny model): each phase saved once
     ev.run_shard(cfg, 0)
     done, _, _ = evaluated
     assert (cfg.stage_dir("eval") / "shard-00000.jsonl").read_bytes() == \
@@ -167,7 +176,7 @@ def test_report_makes_missing_metrics_and_renders_a_partial_run(evaluated):
     remade = read_json(cfg.stage_dir("eval") / "metrics.json")
     # "models" comes from the config, whose eval section with_eval attaches by hand for now
     assert all(remade[k] == m[k] for k in ("iter", "reward_modeling", "head_to_head", "length"))
-    assert "<th>run M2</th>" in page and page.count("<img ") == 7
+    assert "<tr><th>M2</th>" in page and page.count("<img ") == 7
 
 
 # ---- head-to-head by the rubric (eval.h2h_method=rubric) -----------------------------------------------
@@ -241,6 +250,92 @@ def test_rubric_shard_on_the_tiny_model(tmp_path, tiny_llama, baseline):
     assert ev.plan(cfg)[1]["h2h_method"] == "rubric" and "h2h_method" not in ev.plan(make_cfg(
         tmp_path / "other", tiny_llama, baseline))[1]  # a pairwise plan is the one written before the key
     h2h = [r for r in read_jsonl(ev.run_shard(cfg, 0).path) if r["kind"] == "h2h"]
-    assert len(h2h) == 4 and {r["method"] for r in h2h} == {"rubric"}
+    assert len(h2h) == 6 and {r["method"] for r in h2h} == {"rubric"}
     assert all(len(r["judge_scores"]) == 2 and all(len(x) == 2 for x in r["judge_scores"]) for r in h2h)
     assert all(r["outcome"] == ev.rubric_outcome(*r["scores"]) for r in h2h)
+
+
+# ---- across iterations: every model judged once, one fixed head-to-head judge --------------------------
+@pytest.fixture(scope="module")
+def loop_run(tmp_path_factory, tiny_llama):
+    """A run dir with four different models: M1 (the tiny model), M2, M3 and an IFT-only
+    baseline, each the tiny model with its own noise added (so each has its own fingerprint)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = tmp_path_factory.mktemp("loop")
+    work = root / "run"
+
+    def variant(dest, seed):
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.02 * torch.randn(p.shape, generator=gen))
+        model.save_pretrained(dest, safe_serialization=True)
+        AutoTokenizer.from_pretrained(tiny_llama).save_pretrained(dest)
+        return dest
+
+    (work / "iter1" / "sft").mkdir(parents=True)
+    (work / "iter1" / "sft" / "model").symlink_to(tiny_llama)
+    variant(work / "iter1" / "dpo" / "model", 2)
+    variant(work / "iter2" / "dpo" / "model", 3)
+    return work, variant(root / "ift-only", 4)
+
+
+def loop_cfg(work, tiny_llama, baseline, k):
+    cfg = build_config({"work_dir": str(work), "model": str(tiny_llama), "engine": "hf", "device": "cpu",
+                        "seed": 3, "iter": k, "judge.k": 2, "judge.max_tokens": 6, "responses.max_tokens": 6})
+    return with_eval(cfg, max_rm_prompts=2, max_h2h_prompts=2, shard_size=2, batch_size=4,
+                     compare_max_tokens=6, max_tokens=6, baseline_model=str(baseline))
+
+
+def test_every_model_is_judged_once_and_the_h2h_judge_is_fixed(loop_run, tiny_llama, monkeypatch):
+    from srlm_hpc.models import model_fingerprint
+
+    work, baseline = loop_run
+    judged, engines = [], {}
+    real_engine_for, real_judge_sets = ev.engine_for, ev.judge_sets
+
+    def engine_for(cfg, path, batch_size):
+        eng = real_engine_for(cfg, path, batch_size)
+        engines[id(eng)] = str(path)
+        return eng
+
+    def judge_sets(engine, sets, params):
+        judged.append(engines[id(engine)])
+        return real_judge_sets(engine, sets, params)
+
+    monkeypatch.setattr(ev, "engine_for", engine_for)
+    monkeypatch.setattr(ev, "judge_sets", judge_sets)
+    m1, m2, m3 = (str(work / "iter1" / "sft" / "model"), str(work / "iter1" / "dpo" / "model"),
+                  str(work / "iter2" / "dpo" / "model"))
+    cfg1, cfg2 = loop_cfg(work, tiny_llama, baseline, 1), loop_cfg(work, tiny_llama, baseline, 2)
+    run_all(cfg1)
+    first = ev.summarise(cfg1)
+    assert sorted(set(judged)) == sorted([str(baseline), m1, m2])
+    judged.clear()
+    run_all(cfg2)
+    second = ev.summarise(cfg2)
+    assert set(judged) == {m3}  # the baseline and M2 were judged by iteration 1: read, not recomputed
+    for name in ("SFT baseline", "M2"):
+        assert second["reward_modeling_by_model"][name] == first["reward_modeling_by_model"][name]
+    # A rerun from scratch of iteration 2's eval (its shard files and manifest gone) judges nothing again.
+    judged.clear()
+    shutil.rmtree(cfg2.stage_dir("eval"))
+    shutil.rmtree(cfg2.manifest_root / "iter2" / "eval")
+    run_all(cfg2)
+    assert judged == [] and ev.summarise(cfg2)["reward_modeling_by_model"] == second["reward_modeling_by_model"]
+    # One fixed judge, M1 frozen, in every record of both iterations; never the model under test.
+    fp = {p: model_fingerprint(p) for p in (m1, m2, m3)}
+    for m in (first, second):
+        assert {h["judge_fingerprint"] for h in m["head_to_head"].values()} == {fp[m1]}
+        assert m["judge"]["model"] == "M1" and m["fingerprints"][m["models"]["new"]] != fp[m1]
+    # The run's table: one row per model, each with its reward-modeling numbers, measured once.
+    summary = read_json(work / "summary.json")
+    assert [r["model"] for r in summary["models"]] == ["SFT baseline", "M1", "M2", "M3"]
+    assert all(r["reward_modeling"]["n_prompts"] == 2 for r in summary["models"])
+    assert [r["fingerprint"] for r in summary["models"][1:]] == [fp[m1], fp[m2], fp[m3]]
+    assert summary["models"][3]["vs_previous"]["old_model"] == "M2"
+    assert summary["models"][1]["vs_baseline"]["old_model"] == "SFT baseline"  # M1 vs the IFT-only baseline
+    assert summary["head_to_head_judges"] == [{"model": "M1", "fingerprint": fp[m1]}]
