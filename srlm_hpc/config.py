@@ -62,7 +62,7 @@ class SFTConfig:
     # Ours, not the paper's (it gives none): no weight decay, gradient norm clipped at 1.0, and
     # AdamW betas (0.9, 0.95), fixed in training/loop.py and training/distributed.py.
     weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # ours: gradient norm clip (see weight_decay)
     autocast: Literal["none", "bf16"] = "none"
     checkpoint_every: int = 0  # optimizer steps between resumable checkpoints; 0: four per run
     # Also save when this many minutes have passed since the last save: a job's time limit
