@@ -111,9 +111,13 @@ def print_report(rows, out=None) -> None:
     if not rows:
         print("no stage has been planned yet", file=out)
         return
-    print(f"{'iter':>4} {'stage':<10} {'shards':>6} {'done':>6} {'running':>8} {'pending':>8} {'failed':>7} "
-          f"{'stale':>6}", file=out)
+    last = None
     for k, stage, r in rows:
+        if k != last:  # one table per iteration
+            print(("" if last is None else "\n") + f"iteration {k} (M{k} -> M{k + 1})", file=out)
+            print(f"{'iter':>4} {'stage':<10} {'shards':>6} {'done':>6} {'running':>8} {'pending':>8} {'failed':>7} "
+                  f"{'stale':>6}", file=out)
+            last = k
         c = r["counts"]
         print(f"{k:>4} {stage:<10} {r['n_shards']:>6} {c['done']:>6} {c['running']:>8} {c['pending']:>8} "
               f"{c['failed']:>7} {c['stale']:>6}", file=out)
