@@ -111,20 +111,24 @@ class Case:
         self.leaf = base.clone().requires_grad_()
         self.ref, _ = make_inputs(cfg, device, seed=1)
 
-    def run(self, fn, scenario, inplace: bool):
+    def run(self, fn, scenario, inplace: bool, ready=None):
+        """Time one scenario; `ready()` is called just before the clock starts (memory baseline)."""
+        x = self.leaf
         if scenario in ("fwd+bwd", "dpo"):
             self.leaf.grad = None
-            if inplace:  # the previous in-place backward overwrote the values: restore them
-                with torch.no_grad():
-                    self.leaf.copy_(self.base)
+            if inplace:
+                # In-place backward needs a computed tensor that nothing else reads, like
+                # lm_head's output: a clone, made before the clock (and the memory baseline).
+                # The op refuses the leaf itself and any view of it.
+                x = self.leaf.clone()
         sync(self.base.device.type)
+        if ready is not None:
+            ready()
         t0 = time.perf_counter()
         if scenario in ("fwd", "dpo"):
             with torch.no_grad():
                 ref_logp = fn(self.ref if scenario == "dpo" else self.base, self.labels)
         if scenario in ("fwd+bwd", "dpo"):
-            # In-place backward needs a computed tensor (like lm_head's output); a view is free.
-            x = self.leaf.view_as(self.leaf) if inplace else self.leaf
             fn(x, self.labels).sum().backward()
         sync(self.base.device.type)
         return time.perf_counter() - t0
@@ -166,16 +170,18 @@ def measure_memory(cfg: dict, device: str, name: str) -> dict:
     for scenario in SCENARIOS:
         case.run(fn, scenario, inplace)  # warm-up at full size: loads, compiles, caches
         case.leaf.grad = None
-        if device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            before = torch.cuda.memory_allocated()
-            case.run(fn, scenario, inplace)
-            out[scenario] = torch.cuda.max_memory_allocated() - before
-        else:
-            before = reset_rss_peak()
-            case.run(fn, scenario, inplace)
-            out[scenario] = status_kib("VmHWM") * 1024 - before
+        base = {}
+
+        def ready():
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+                base["bytes"] = torch.cuda.memory_allocated()
+            else:
+                base["bytes"] = reset_rss_peak()
+
+        case.run(fn, scenario, inplace, ready)
+        peak = torch.cuda.max_memory_allocated() if device == "cuda" else status_kib("VmHWM") * 1024
+        out[scenario] = peak - base["bytes"]
         case.leaf.grad = None
     return out
 

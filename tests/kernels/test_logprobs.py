@@ -33,6 +33,7 @@ per case on this machine's CPU, with the shapes and scales used below.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -286,6 +287,25 @@ def _cuda_check_unavailable(reason):
     pytest.skip(reason)
 
 
+def test_ptxas_check_refuses_spills_and_excess_registers():
+    text = """ptxas info    : Compiling entry function '_ZN8srlm_hpc15lse_rows_kernelIfLi256EE' for 'sm_90'
+ptxas info    : Function properties for _ZN8srlm_hpc15lse_rows_kernelIfLi256EE
+    8 bytes stack frame, 8 bytes spill stores, 16 bytes spill loads
+ptxas info    : Used 64 registers, used 1 barriers
+ptxas info    : Compiling entry function '_ZN8srlm_hpc15lse_rows_kernelIdLi256EE' for 'sm_90'
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 100 registers, used 1 barriers
+"""
+    rows = build.parse_ptxas(text)
+    assert [(r["registers"], r["spill_stores"], r["spill_loads"]) for r in rows] == [(64, 8, 16), (100, 0, 0)]
+    with pytest.raises(RuntimeError, match=r"IfLi256EE \(sm_90\): 64 registers \(limit 64\), 8 B spill"):
+        build.check_ptxas(rows)
+    build.check_ptxas(rows[1:])  # float64 kernels may use 128
+    rows[1]["registers"] = 130
+    with pytest.raises(RuntimeError, match="limit 128"):
+        build.check_ptxas(rows[1:])
+
+
 def test_cuda_sources_compile(tmp_path):
     from torch.utils.cpp_extension import include_paths
 
@@ -297,6 +317,16 @@ def test_cuda_sources_compile(tmp_path):
     checked = build.cuda_compile_only(str(tmp_path))
     assert checked == (CUDA_CHECKS if torch_cuda_headers else CUDA_CHECKS[:1])
     assert (tmp_path / "logprobs_cuda.o").stat().st_size > 0
+    # ptxas -v: every kernel of every arch reported, none spilling, registers within the
+    # launch bounds (cuda_compile_only raises otherwise; this checks the report is real).
+    report = json.loads((tmp_path / "ptxas.json").read_text())
+    archs = {f"sm_{a.replace('+PTX', '').replace('.', '')}" for a in build.DEFAULT_ARCHS.split(";")}
+    for arch in archs:
+        names = [r["kernel"] for r in report if r["arch"] == arch]
+        for kernel in ("lse_rows_kernel", "sum_rows_kernel", "grad_rows_kernel"):
+            assert any(kernel in n for n in names), f"{kernel} missing from ptxas -v for {arch}"
+    assert all(r["spill_stores"] == 0 and r["spill_loads"] == 0 for r in report)
+    assert all(r["registers"] <= build.register_limit(r["kernel"]) for r in report)
     if not torch_cuda_headers:
         _cuda_check_unavailable(f"torch {torch.__version__} has no ATen/cuda headers: only "
                                 "the torch-free compile ran, not the binding checks")
