@@ -20,7 +20,7 @@ STAMP := $(VENV)/.srlm_hpc-setup
 endif
 DEMO_ARGS ?=
 
-.PHONY: help setup demo test clean-demo browser
+.PHONY: help setup demo test clean-demo browser gpu-check
 
 help:
 	@echo "make help        this list"
@@ -28,6 +28,7 @@ help:
 	@echo "make demo        the loop M0 -> M1 -> M2 -> M3 on SmolLM2-135M-Instruct, here; table and report"
 	@echo "make test        the whole test suite (Slurm tests start a one-node cluster when root)"
 	@echo "make clean-demo  remove runs/demo"
+	@echo "make gpu-check   on a CUDA node (its own env, not make setup): build, test, time the op, DPO vs TRL, pipeline; <= 9 min"
 	@echo ""
 	@echo "commands (each takes --help; exit 0 done, 1 failed work, 2 usage error, 3 status: still running):"
 	@echo "  python -m srlm_hpc.submit stage=all iter=1 preset=demo   run or queue stages (--help lists every key)"
@@ -74,3 +75,10 @@ browser:
 
 clean-demo:
 	rm -rf runs/demo
+
+# The whole GPU check in one command (bench/gpu_check.py): needs a CUDA torch in the active
+# environment, so it does not depend on setup (which installs the CPU build). Results go to
+# bench/results/gpu_check-<gpu>-cuda.json. GPU_CHECK_ARGS=--dry runs its CPU plumbing check.
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(PY) bench/gpu_check.py $(GPU_CHECK_ARGS)
