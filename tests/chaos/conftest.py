@@ -36,19 +36,28 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def chaos_results():
     """Each scenario appends {scenario, faults: {kind: n}, records_lost, records_duplicated,
-    outputs_differing, seconds}; written to $SRLM_CHAOS_RESULTS at the end of the session."""
+    outputs_differing, seconds}; written to $SRLM_CHAOS_RESULTS at the end of the session.
+    Scenarios already in that file and not run this time are kept (a Slurm part run apart
+    from the local part, say), each with the time it ran."""
     yield RESULTS
     out = os.environ.get("SRLM_CHAOS_RESULTS")
-    if out and RESULTS:
-        faults: dict[str, int] = {}
-        for r in RESULTS:
-            for k, n in r["faults"].items():
-                faults[k] = faults.get(k, 0) + n
-        summary = {"command": "make chaos", "full": FULL, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                   "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-                   "faults": faults, "records_lost": sum(r["records_lost"] for r in RESULTS),
-                   "records_duplicated": sum(r["records_duplicated"] for r in RESULTS),
-                   "outputs_differing": sum(r["outputs_differing"] for r in RESULTS),
-                   "seconds": round(sum(r["seconds"] for r in RESULTS), 1), "scenarios": RESULTS}
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(summary, indent=2) + "\n")
+    if not out or not RESULTS:
+        return
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    scenarios = {}
+    if Path(out).exists():
+        scenarios = {r["scenario"]: r for r in json.loads(Path(out).read_text()).get("scenarios", [])}
+    for r in RESULTS:
+        scenarios[r["scenario"]] = dict(r, when=now, full=FULL)
+    rows = list(scenarios.values())
+    faults: dict[str, int] = {}
+    for r in rows:
+        for k, n in r["faults"].items():
+            faults[k] = faults.get(k, 0) + n
+    summary = {"command": "make chaos", "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+               "faults": faults, "records_lost": sum(r["records_lost"] for r in rows),
+               "records_duplicated": sum(r["records_duplicated"] for r in rows),
+               "outputs_differing": sum(r["outputs_differing"] for r in rows),
+               "seconds": round(sum(r["seconds"] for r in rows), 1), "scenarios": rows}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(summary, indent=2) + "\n")

@@ -432,3 +432,60 @@ def test_zstd_compressed_judge_shards_merge_the_same(reference, tmp_path):
     run_merge(cfg)
     got, ref = read_json(cfg.stage_dir("pairs") / "index.json"), json.loads(want["index.json"])
     assert [f["sha256"] for f in got["files"]] == [f["sha256"] for f in ref["files"]]
+
+
+def test_an_io_error_or_a_rule_error_fails_the_merge_but_blames_no_judge_shard(reference, tmp_path, monkeypatch):
+    """NFS EIO/ESTALE is transient and a pairing-rule error is the merge's own: neither is a
+    judge shard's fault, so no judge shard is marked failed (regenerating it on a GPU and
+    counting it against its retries would fix nothing). A rerun then merges normally."""
+    import builtins
+    import errno
+
+    _, _, want = reference
+    cfg = make_cfg(tmp_path)
+    write_judged(cfg)
+    victim = str(shard_output(cfg, "judge", 3))
+    real_open = builtins.open
+
+    class FlakyFile:
+        def __init__(self, f):
+            self.f = f
+
+        def read(self, n=-1):
+            raise OSError(errno.ESTALE, "Stale file handle")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+    def flaky_open(path, mode="r", *a, **k):
+        f = real_open(path, mode, *a, **k)
+        return FlakyFile(f) if str(path) == victim and "b" in mode else f
+
+    monkeypatch.setattr(merge_mod, "open", flaky_open, raising=False)
+    with pytest.raises(OSError, match="Stale file handle"):
+        run_merge(cfg)
+    monkeypatch.undo()
+    monkeypatch.setattr(pairs, "build_pair", lambda *a, **k: (_ for _ in ()).throw(ValueError("a rule bug")))
+    with pytest.raises(ValueError, match="a rule bug"):
+        run_merge(cfg)
+    monkeypatch.undo()
+    judge = StageManifest(cfg.manifest_root, 1, "judge")
+    assert [s.state for s in judge.states(8)] == ["done"] * 8 and all(s.failures == 0 for s in judge.states(8))
+    run_merge(cfg)
+    assert_same_outputs(outputs(cfg), want)
+
+
+def test_a_second_merge_of_the_same_iteration_is_refused_on_any_node(tmp_path):
+    from srlm_hpc.locks import file_lock
+
+    cfg = make_cfg(tmp_path)
+    write_judged(cfg, n_shards=2)
+    cfg.stage_dir("pairs").mkdir(parents=True, exist_ok=True)
+    with file_lock(cfg.stage_dir("pairs") / ".merge.lock", "a merge on node gpu07"):
+        with pytest.raises(RuntimeError, match="another merge of this iteration is running.*a merge on node gpu07"):
+            merge_mod.merge(cfg)
+    merge_mod.merge(cfg)  # released: the merge runs
+    assert not list(cfg.stage_dir("pairs").glob(".merge.lock*"))
