@@ -165,8 +165,8 @@ def headline(parts: dict, info: dict) -> dict:
         ran = [x for x in c["cases"] if x["status"] != "skipped"]
         h["correctness"] = f"{sum(x['status'] == 'passed' for x in ran)}/{len(ran)} passed, " \
                            f"{len(c['cases']) - len(ran)} skipped"
-    if "tests" in parts.get("tests", {}):
-        h["cuda_tests"] = parts["tests"]["tests"]
+    if "summary" in parts.get("tests", {}):
+        h["cuda_tests"] = parts["tests"]["summary"]
     d = parts.get("dpo", {})
     if d.get("ours") and d.get("trl"):
         h["dpo_tokens_per_s_ours_over_trl"] = round(d["ours"]["tokens_per_s"] / d["trl"]["tokens_per_s"], 3)
@@ -198,6 +198,13 @@ def orchestrate(args) -> int:
               "budget_s": None if args.dry else total, "parts": {}}
     print(f"gpu_check: {info.get('gpu', 'CPU (dry)')}, torch {info['torch']}, CUDA {info['cuda']}; "
           f"parts {parts}; work {work}", flush=True)
+    prep = None
+    if "dpo" in parts and not args.dry and not (smollm_dir() / "config.json").exists():
+        (work / "prepare_model.running").touch()
+        prep = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--prepare-model", "--work", str(work)],
+                                cwd=ROOT, stdout=open(work / "prepare_model.log", "w"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        record["smollm_converted_in_background"] = True
     for part in parts:
         left = total - (time.monotonic() - started)
         budget = DRY_BUDGET_S if args.dry else min(BUDGET_S[part] * args.budget_scale, left)
@@ -207,6 +214,9 @@ def orchestrate(args) -> int:
             record["parts"][part] = run_part(part, budget, work, args.dry)
         r = record["parts"][part]
         print(f"  {part:12s} {r['status']:8s} {r.get('seconds', 0):6.1f} s  {r.get('reason', '')}", flush=True)
+    if prep is not None and prep.poll() is None:  # the DPO part was skipped or gave up: stop it
+        os.killpg(prep.pid, signal.SIGKILL)
+        prep.wait()
     record["elapsed_s"] = round(time.monotonic() - started, 1)
     record["load_average_after"] = load_avg()
     record["headline"] = headline(record["parts"], info)
@@ -273,7 +283,7 @@ def part_tests(ctx: Ctx) -> dict:
     ok = proc.returncode == 0 and counts["tests"] > 0
     summary = f"{counts['tests'] - counts['failures'] - counts['errors'] - counts['skipped']} passed, " \
               f"{counts['failures'] + counts['errors']} failed, {counts['skipped']} skipped of {counts['tests']}"
-    return {"status": "passed" if ok else "failed", "tests": summary, "select": select, **counts,
+    return {"status": "passed" if ok else "failed", "summary": summary, "select": select, **counts,
             "command": " ".join(["python", *cmd[1:]]),
             **({} if ok else {"reason": f"pytest exited {proc.returncode}: {summary}"})}
 
@@ -612,6 +622,10 @@ def part_timing(ctx: Ctx) -> dict:
     copy_Bps = 2 * n * 4 / (copy_ms / 1e3)
     del src, dst
     out = {"config": cfg, "copy_GBps": round(copy_Bps / 1e9, 1), "methods": {}}
+    with torch.no_grad():  # float64 per-sequence values, once (8 GiB transient at the GPU size)
+        ref = (x.double().log_softmax(-1).gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1) * m).sum(-1)
+    if ctx.device == "cuda":
+        torch.cuda.empty_cache()
     active_bytes = cfg["active"] * x.numel() * x.element_size()
     out["floor_ms"] = {"fwd": round(active_bytes / copy_Bps * 1e3, 3),
                        "fwd+bwd": round((2 * active_bytes + x.numel() * x.element_size()) / copy_Bps * 1e3, 3)}
@@ -624,7 +638,6 @@ def part_timing(ctx: Ctx) -> dict:
         try:
             with torch.no_grad():
                 got = fn(x.clone() if private else x, y, m)
-                ref = (x.double().log_softmax(-1).gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1) * m).sum(-1)
             row["max_rel_diff_vs_float64"] = ((got.double() - ref).abs().max() / ref.abs().max()).item()
 
             def fwd(a):
@@ -680,15 +693,34 @@ def _tiny_llama(dest: Path) -> Path:
     return dest
 
 
-def _dpo_model(ctx: Ctx) -> Path:
-    if ctx.dry:
-        return _tiny_llama(ctx.work / "tiny_llama")  # small sizes: the tests' model, not SmolLM2
+def smollm_dir() -> Path:
     sys.path.insert(0, str(ROOT / "bench"))
     import dpo_step
 
+    return dpo_step.MODEL_DIR  # bench/_data/M0, git-ignored, shared with bench/dpo_step.py
+
+
+def prepare_model(work: Path) -> int:
+    """SmolLM2's GGUF -> HF conversion (CPU, ~30 s the first time), started by the orchestrator
+    beside the build so the DPO part's budget is not spent on it."""
     from srlm_hpc.models import convert_default_model
 
-    return convert_default_model(dpo_step.MODEL_DIR)
+    try:
+        convert_default_model(smollm_dir())
+    finally:
+        (work / "prepare_model.running").unlink(missing_ok=True)
+    return 0
+
+
+def _dpo_model(ctx: Ctx) -> Path:
+    if ctx.dry:
+        return _tiny_llama(ctx.work / "tiny_llama")  # small sizes: the tests' model, not SmolLM2
+    from srlm_hpc.models import convert_default_model
+
+    marker = ctx.work / "prepare_model.running"
+    while marker.exists() and time.monotonic() < ctx.deadline - 60:
+        time.sleep(1)  # the background conversion is still writing
+    return convert_default_model(smollm_dir())  # a no-op once it is there
 
 
 def _peak_mib(ctx: Ctx):
@@ -888,7 +920,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker", choices=PARTS, help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     p.add_argument("--worker-budget", type=float, default=DRY_BUDGET_S, help=argparse.SUPPRESS)
+    p.add_argument("--prepare-model", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.prepare_model:
+        sys.path.insert(0, str(ROOT))
+        return prepare_model(Path(args.work))
     if args.worker:
         return worker(args.worker, Path(args.work), args.dry, args.worker_budget)
     return orchestrate(args)
