@@ -1,4 +1,5 @@
 """DPO (Rafailov et al. 2023) on summed response log-probs, computed by the log-prob kernel.
+(Chosen and rejected with their prompt run once: training/shared_prefix.py, the dpo stage's default.)
 
 loss = -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))
 where pi_c is the policy's log-prob of the chosen response given the prompt (sum over its
@@ -22,10 +23,15 @@ def response_logps(model, batch: dict[str, torch.Tensor], reduction: str = "sum"
     position is scored as a one-token "sequence" by the log-prob kernel, then summed back
     into its sequence. (Plain LM heads only: models that rescale or soft-cap logits after
     the head are not supported, as in SFT's loss.)"""
+    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    return response_head(model, hidden, batch["labels"], reduction)
+
+
+def response_head(model, hidden: torch.Tensor, labels: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """response_logps after the backbone: hidden [B, T, H] and labels [B, T] -> [B] float32."""
     from ..kernels import sequence_logprobs
 
-    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    labels = batch["labels"][:, 1:]  # position t predicts token t+1
+    labels = labels[:, 1:]  # position t predicts token t+1
     active = labels != IGNORE
     logits = model.get_output_embeddings()(hidden[:, :-1][active])  # [N, V], response positions only
     # The logits are needed for nothing else (the LM head saves its input, not its output),
