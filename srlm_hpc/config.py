@@ -152,6 +152,11 @@ class DPOConfig:
     reference: Literal["previous", "sft"] = "previous"  # paper: M_t; "sft": M1 every iteration
     logp_reduction: Literal["sum", "mean"] = "sum"  # paper and TRL: sum over response tokens
     autocast: Literal["none", "bf16"] = "none"
+    # Chosen and rejected in one row, their common prefix (the prompt) run once, with a tree
+    # attention mask (training/shared_prefix.py): the same loss and gradients (fp32, atol 1e-5)
+    # from fewer positions than two padded rows (bench/dpo_step.py --profile-sharing). false:
+    # the two sequences padded side by side, as before. ref_logps follows it too.
+    share_prompt: bool = True
     checkpoint_every: int = 0  # optimizer steps between resumable checkpoints; 0: four per run
     # Also save when this many minutes have passed since the last save: a job's time limit
     # or a lost node then costs at most this much, however long four steps' worth takes.

@@ -18,9 +18,10 @@ from ..models import load_model, load_tokenizer, model_path, resolve_device, sav
 from ..schema import PairRecord
 from .pairs import iter_pairs
 from ..training.dpo_loss import dpo_loss, response_logps
+from ..training.shared_prefix import collate_shared, shared_response_logps, target_counts
 from ..shards import shard_seed
 from ..training.loop import batch_plan, train
-from ..training.tokenize import collate, encode_pair
+from ..training.tokenize import IGNORE, collate, encode_pair
 from .common import start_training, train_backend_options
 
 STAGE, UPSTREAM = "dpo", "pairs"
@@ -50,6 +51,18 @@ def pair_batch(encoded, idx: list[int], pad_id: int, device: str) -> dict[str, t
     return {k: v.to(device) for k, v in collate(seqs, pad_id).items()}
 
 
+def pair_logps(model, encoded, idx: list[int], pad_id: int, device: str, share_prompt: bool,
+               reduction: str = "sum") -> tuple[torch.Tensor, torch.Tensor]:
+    """[2n] log-probs of the pairs `idx` (chosen of each, then rejected) and [2n] response token
+    counts. share_prompt: one row per pair, the common prefix run once (training/shared_prefix.py);
+    else the 2n sequences padded side by side (pair_batch). Same values (fp32, atol 1e-5)."""
+    if share_prompt:
+        batch = {k: v.to(device) for k, v in collate_shared([encoded[i] for i in idx], pad_id).items()}
+        return shared_response_logps(model, batch, reduction), target_counts(batch)
+    batch = pair_batch(encoded, idx, pad_id, device)
+    return response_logps(model, batch, reduction), (batch["labels"][:, 1:] != IGNORE).sum(-1)
+
+
 def reference_model_path(cfg: Config):
     return model_path(cfg, 1) if cfg.dpo.reference == "sft" else model_path(cfg, cfg.run.iter)
 
@@ -60,7 +73,7 @@ def reference_logps(cfg: Config, encoded, pad_id: int, device: str) -> torch.Ten
     from .ref_logps import reduced, score_pairs
 
     ref = load_model(reference_model_path(cfg), device=device).eval()
-    scores = score_pairs(ref, encoded, pad_id, device, cfg.dpo.micro_batch_size)
+    scores = score_pairs(ref, encoded, pad_id, device, cfg.dpo.micro_batch_size, cfg.dpo.share_prompt)
     del ref
     return torch.tensor([reduced(s, cfg.dpo.logp_reduction) for s in scores], dtype=torch.float32).reshape(-1, 2)
 
@@ -106,7 +119,7 @@ def run_shard(cfg: Config, shard: int) -> FileInfo | None:
 
     def micro_step(idx: list[int], batch: list[int]):
         with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=d.autocast == "bf16"):
-            lp = response_logps(policy, pair_batch(encoded, idx, tok.pad_token_id, device), d.logp_reduction)
+            lp, _ = pair_logps(policy, encoded, idx, tok.pad_token_id, device, d.share_prompt, d.logp_reduction)
         n = len(idx)
         r = ref[idx].to(lp.device)
         losses, chosen_r, rejected_r = dpo_loss(lp[:n], lp[n:], r[:, 0], r[:, 1], d.beta)

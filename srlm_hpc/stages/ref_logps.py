@@ -25,8 +25,6 @@ from ..manifest import StageManifest
 from ..models import load_model, load_tokenizer, model_fingerprint, resolve_device
 from ..schema import PairRecord
 from ..shards import run_chunked, shard_output, upstream_outputs
-from ..training.dpo_loss import response_logps
-from ..training.tokenize import IGNORE
 
 STAGE, UPSTREAM = "ref_logps", "pairs"
 
@@ -64,16 +62,17 @@ def shard_pairs(cfg: Config, shard: int) -> list[PairRecord]:
 
 
 @torch.no_grad()
-def score_pairs(model, encoded: list, pad_id: int, device: str, micro_batch_size: int) -> list[tuple]:
-    """[(chosen sum, rejected sum, chosen tokens, rejected tokens)] under `model`, in order."""
-    from .dpo import pair_batch
+def score_pairs(model, encoded: list, pad_id: int, device: str, micro_batch_size: int,
+                share_prompt: bool = True) -> list[tuple]:
+    """[(chosen sum, rejected sum, chosen tokens, rejected tokens)] under `model`, in order
+    (share_prompt: see dpo.pair_logps)."""
+    from .dpo import pair_logps
 
     out = []
     for start in range(0, len(encoded), micro_batch_size):
         idx = list(range(start, min(start + micro_batch_size, len(encoded))))
-        batch = pair_batch(encoded, idx, pad_id, device)
-        lp = response_logps(model, batch, "sum").cpu().tolist()
-        n_tokens = (batch["labels"][:, 1:] != IGNORE).sum(-1).cpu().tolist()
+        lp, n_tokens = pair_logps(model, encoded, idx, pad_id, device, share_prompt)
+        lp, n_tokens = lp.cpu().tolist(), n_tokens.cpu().tolist()
         n = len(idx)
         out += [(lp[i], lp[n + i], n_tokens[i], n_tokens[n + i]) for i in range(n)]
     return out
@@ -99,7 +98,7 @@ def run_shard(cfg: Config, shard: int) -> FileInfo:
 
     def score_chunk(chunk: list[PairRecord], c: int) -> list[dict]:
         chunk, encoded, _ = trainable_pairs(tok, chunk, cfg.dpo.max_len)  # the pairs DPO will train on
-        scores = score_pairs(model, encoded, tok.pad_token_id, device, r.micro_batch_size)
+        scores = score_pairs(model, encoded, tok.pad_token_id, device, r.micro_batch_size, cfg.dpo.share_prompt)
         return [{"pair": pair_key(p), "reference": fingerprint, "tokens_sha": tokens_sha(e),
                  "chosen_logp": s[0], "rejected_logp": s[1], "chosen_n": s[2], "rejected_n": s[3]}
                 for p, e, s in zip(chunk, encoded, scores)]
