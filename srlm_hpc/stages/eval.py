@@ -180,11 +180,11 @@ def models(cfg: Config) -> dict[str, tuple[str, Path]]:
     return out
 
 
-def judged_roles(cfg: Config) -> list[str]:
-    """Whose judging iteration k measures: the IFT-only baseline (when the run has one), M_k and
-    M_{k+1}. Each model's numbers are cached by its fingerprint, so across iterations every
-    model is measured once (M2 by iteration 1, and reused by iteration 2)."""
-    return (["baseline"] if eval_config(cfg).baseline_model else []) + ["previous", "new"]
+def judged_roles(cfg: Config, roles: dict) -> list[str]:
+    """Whose judging iteration k measures: the IFT-only baseline (when the run has one, and it
+    is not M_k itself), M_k and M_{k+1}. Each model's numbers are cached by its fingerprint, so
+    across iterations every model is measured once (M2 by iteration 1, reused by iteration 2)."""
+    return (["baseline"] if eval_config(cfg).baseline_model and "baseline" in roles else []) + ["previous", "new"]
 
 
 def comparisons(cfg: Config, roles: dict) -> list[tuple[str, str, str]]:
@@ -291,7 +291,7 @@ def run_shard(cfg: Config, shard: int) -> FileInfo:
                      "prompt_id": new_answers[i]["prompt_id"], **rec} for i, rec in zip(chunk, found)]
         return process
 
-    judged = judged_roles(cfg)
+    judged = judged_roles(cfg, roles)
     pairs = comparisons(cfg, roles)
     answering = sorted({x for _, n, o in pairs for x in (n, o)}, key=list(roles).index)
     # Each model loads once: its judging and its answers together, the h2h judge's model last.
