@@ -339,3 +339,10 @@ def test_every_model_is_judged_once_and_the_h2h_judge_is_fixed(loop_run, tiny_ll
     assert summary["models"][3]["vs_previous"]["old_model"] == "M2"
     assert summary["models"][1]["vs_baseline"]["old_model"] == "SFT baseline"  # M1 vs the IFT-only baseline
     assert summary["head_to_head_judges"] == [{"model": "M1", "fingerprint": fp[m1]}]
+
+
+def test_a_baseline_that_is_m_k_is_judged_once_as_m_k(tmp_path, tiny_llama):
+    cfg = make_cfg(tmp_path / "run", tiny_llama, tiny_llama)  # eval.baseline_model = M1's own folder
+    roles = ev.models(cfg)
+    assert "baseline" not in roles and ev.judged_roles(cfg, roles) == ["previous", "new"]
+    assert [key for key, _, _ in ev.comparisons(cfg, roles)] == ["previous"]
