@@ -34,7 +34,7 @@ from tqdm import tqdm
 from ..files import atomic_write_json, read_json
 from ..slurm_env import first_host, slurm_port
 from ..preemption import deferred_signals
-from .loop import CheckpointClock, check_identity, cosine_lr, micro_seed, run_identity, stopped_early, write_log
+from .steps import CheckpointClock, check_identity, cosine_lr, micro_seed, run_identity, stopped_early, write_log
 
 MARKER = "srlm_state.json"  # written last into a checkpoint folder: the folder is complete
 TAG_PREFIX = "step-"
