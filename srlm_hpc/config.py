@@ -235,6 +235,22 @@ class VLLMConfig:
     kv_cache_gb: float = 0.0  # 0: vLLM sizes it on GPU; 2 GB on CPU
     max_model_len: int = 0  # 0: the model's context length
     enable_prefix_caching: bool = True  # judge prompts share the ~540-token rubric
+    # auto: the dtype the model is saved in, so nothing is cast at load. Trained models
+    # (sft, dpo) are saved in float32 (models.save_model says why); bfloat16 halves the
+    # memory on GPUs at the cost of rounding away an update smaller than bf16's step.
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """What the terminal shows (srlm_hpc/log.py)."""
+    # info: the pipeline's own lines, progress bars and warnings; the engines' and libraries'
+    # records go to the shard's log file (<log_dir>/iter<k>/<stage>/shard-NNNNN.log).
+    # debug: every library line on the terminal as well, as the libraries print it.
+    level: Literal["info", "debug"] = "info"
+    # Training curves go to TensorBoard event files under the run always; true: to W&B as well
+    # when wandb is installed, offline (WANDB_MODE=online to sync).
+    wandb: bool = False
 
 
 @dataclass(frozen=True)
@@ -246,7 +262,7 @@ class SlurmConfig:
     time_min: int = 240  # per array task; above 50 so submitit does not take USR2 for a time-out
     cpus_per_task: int = 2
     gpus_per_task: int = 0
-    mem_gb: float = 0  # 0: the partition's default
+    mem_gb: float = 0.0  # 0: the partition's default
     array_parallelism: int = 256  # most tasks of one array running at once
     extra: tuple[str, ...] = ()  # more sbatch options, "key=value" each (e.g. constraint=a100)
     max_retries: int = 3  # failures of one shard (preemptions not counted) before submit stops resubmitting it
@@ -275,6 +291,7 @@ class Config:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     # ---- paths every stage agrees on -------------------------------------------------
     @property
