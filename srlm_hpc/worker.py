@@ -40,7 +40,18 @@ def run(config_path: str, stage: str, shard: int) -> None:
     cfg = load_config(config_path)
     setup_process(cfg)
     rank, world = task_rank()
+    print_task_header(cfg, stage, shard, rank, world)
     run_shard(cfg, stage, shard, log=current_log(), rank=rank, world=world)
+
+
+def print_task_header(cfg, stage: str, shard: int, rank: int, world: int) -> None:
+    """The first line of the task's log: which stage, shard, attempt, host and config it ran."""
+    from .log import task_header
+    from .runner import stage_manifest
+
+    attempt = stage_manifest(cfg, stage).get(shard).attempt + 1  # the attempt this task is to claim
+    line = task_header(cfg, stage, shard, attempt)
+    print(line if world == 1 else line.replace(" ===", f", task {rank} of {world} ===", 1), flush=True)
 
 
 class ShardTask:
