@@ -52,6 +52,8 @@ def convert_default_model(dest: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+        # float32: the GGUF's 4-bit values times fp16 scales are exact in fp32, not all in bf16;
+        # SFT trains from these weights and the engines load them as stored (no cast).
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
         # The GGUF loader marks the model as quantized; the weights are already dequantized
         # to fp32, and without this save_pretrained refuses (or records a bogus config).
@@ -71,7 +73,10 @@ def convert_default_model(dest: Path) -> Path:
 
 def base_model_path(cfg: Config) -> Path:
     if cfg.run.model == "default":
-        return convert_default_model(cfg.work_dir / "models" / "M0")
+        from .log import library_output
+
+        with library_output():  # the GGUF loader's progress bars go to the shard's log
+            return convert_default_model(cfg.work_dir / "models" / "M0")
     path = Path(cfg.run.model).expanduser()
     if not (path / "config.json").exists():
         raise ModelNotFoundError(f"model={cfg.run.model}: not a Hugging Face model folder (no config.json)")
@@ -115,7 +120,10 @@ def load_model(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch
     if not (path / "config.json").exists():
         raise ModelNotFoundError(f"{path}: no model there (no config.json); has the stage that writes it run?")
     kwargs = {"attention_dropout": dropout} if dropout is not None else {}
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs)
+    from .log import library_output
+
+    with library_output():  # transformers' "Loading weights" bar goes to the shard's log
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs)
     return model.to(device)
 
 
