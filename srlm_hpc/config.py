@@ -628,6 +628,25 @@ def from_dict(d: dict) -> Config:
     return build_config(flat)
 
 
+def save_config(cfg: Config):
+    """The resolved config, serialised once, pinned: written to iter<k>/configs/<sha>.json,
+    named by its content and never overwritten, and that path is what array tasks get, so a
+    task queued by this submit reads this config even after a later submit (config.json
+    beside it is the latest copy, for people). Keys that shape outputs are guarded by each
+    stage's plan (fingerprint.py); launch settings may differ between submits."""
+    import hashlib
+
+    from .files import atomic_write_json
+
+    data = to_dict(cfg)
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    pinned = cfg.iter_dir() / "configs" / f"config-{digest}.json"
+    if not pinned.exists():
+        atomic_write_json(pinned, data)
+    atomic_write_json(cfg.iter_dir() / "config.json", data)
+    return pinned
+
+
 def load_config(path: str | Path) -> Config:
     """The resolved config a submit saved beside the run (what array tasks read)."""
     return from_dict(json.loads(Path(path).read_text()))

@@ -22,11 +22,11 @@ import time
 from dataclasses import replace
 
 from .cli import main_with_help
-from .config import Config, config_from_cli, to_dict
+from .config import Config, config_from_cli, save_config  # noqa: F401 (save_config: callers import it here too)
 from .files import atomic_write_json
 from .iterations import IterationRangeError, not_ready_message, outside_upstreams, split_iter_arg, stage_progress
 from .runner import run_stage_local, setup_process
-from .stages import ALIASES, EXTRA, ORDER, stage_names
+from .stages import requested_stages  # noqa: F401 (used below, and by callers of submit)
 
 STAGES_HELP = """
 stages (stage=all, one, or a comma-separated list, run in this order; iteration 1 starts with sft):
@@ -61,37 +61,6 @@ def resolve_executor(cfg: Config) -> str:
         print(f"note: executor=auto runs here: sbatch is on PATH but {e.squeue_error}", file=sys.stderr)
         return "local"
     return "slurm"
-
-
-def requested_stages(cfg: Config) -> list[str]:
-    """stage=all, one stage, or a comma-separated list (stage=prompts,responses), in pipeline order."""
-    if cfg.run.stage == "all":
-        return stage_names(cfg.run.iter)
-    names = [ALIASES.get(s.strip(), s.strip()) for s in cfg.run.stage.split(",") if s.strip()]
-    known = ORDER + EXTRA
-    bad = [n for n in names if n not in known]
-    if bad or not names:
-        raise ValueError(f"stage={cfg.run.stage!r}: expected all, or one or more of {', '.join(known)}, merge "
-                         f"(comma-separated)")
-    return sorted(set(names), key=known.index)
-
-
-def save_config(cfg: Config):
-    """The resolved config, serialised once, pinned: written to iter<k>/configs/<sha>.json,
-    named by its content and never overwritten, and that path is what array tasks get, so a
-    task queued by this submit reads this config even after a later submit (config.json
-    beside it is the latest copy, for people). Keys that shape outputs are guarded by each
-    stage's plan (fingerprint.py); launch settings may differ between submits."""
-    import hashlib
-    import json
-
-    data = to_dict(cfg)
-    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-    pinned = cfg.iter_dir() / "configs" / f"config-{digest}.json"
-    if not pinned.exists():
-        atomic_write_json(pinned, data)
-    atomic_write_json(cfg.iter_dir() / "config.json", data)
-    return pinned
 
 
 def wait_for_jobs(job_ids: list[str], poll_s: float = 5.0) -> None:

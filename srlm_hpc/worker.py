@@ -93,7 +93,7 @@ def _worker(argv: list[str]) -> int:
         return 0
     if argv[:1] == ["--write-config"]:
         from .config import absolute_paths, parse_args
-        from .submit import save_config
+        from .config import save_config
 
         print(save_config(absolute_paths(parse_args(argv[1:])[0])))
         return 0
@@ -103,7 +103,7 @@ def _worker(argv: list[str]) -> int:
         print(" ".join(stage_resources(load_config(argv[1]), argv[2]).sbatch_options()))
         return 0
     if argv[:1] == ["--stages"] and len(argv) == 2:
-        from .submit import requested_stages
+        from .stages import requested_stages
 
         print(" ".join(requested_stages(load_config(argv[1]))))
         return 0

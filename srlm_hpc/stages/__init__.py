@@ -30,3 +30,16 @@ def get_stage(name: str) -> ModuleType:
     if name not in ORDER + EXTRA:
         raise ValueError(f"stage={name!r}: expected one of {', '.join(ORDER + EXTRA)}, or all")
     return importlib.import_module(f"{__name__}.{name}")
+
+
+def requested_stages(cfg) -> list[str]:
+    """stage=all, one stage, or a comma-separated list (stage=prompts,responses), in pipeline order."""
+    if cfg.run.stage == "all":
+        return stage_names(cfg.run.iter)
+    names = [ALIASES.get(s.strip(), s.strip()) for s in cfg.run.stage.split(",") if s.strip()]
+    known = ORDER + EXTRA
+    bad = [n for n in names if n not in known]
+    if bad or not names:
+        raise ValueError(f"stage={cfg.run.stage!r}: expected all, or one or more of {', '.join(known)}, merge "
+                         f"(comma-separated)")
+    return sorted(set(names), key=known.index)
