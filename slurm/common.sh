@@ -2,7 +2,7 @@
 # point and manifest that `python -m srlm_hpc.submit executor=slurm` uses.
 #
 # Preemption and time limits: the scripts ask for --signal=B:USR2@120 and --requeue. On
-# USR2 this shell sends TERM to the worker (srun forwards it), waits until the worker has
+# USR2 this shell sends TERM to the worker (scancel --signal, to the step), waits until the worker has
 # stopped (a training stage finishes its step and saves a checkpoint first; the worker
 # records the preemption in the manifest), and only then requeues its own job: a job
 # that merely exits on the signal is NOT requeued by Slurm, and one requeued first would
@@ -18,7 +18,9 @@ worker=""
 requeue() {
     echo "[srlm] $(date -Is) USR2 on ${SLURM_JOB_ID}: stopping shard ${SLURM_ARRAY_TASK_ID:-0} of ${STAGE}, then requeueing"
     if [[ -n "$worker" ]]; then
-        kill -TERM "$worker" 2>/dev/null || true
+        # TERM to the step's tasks (the workers), not to srun: srun answers its own TERM by
+        # SIGKILLing the step at once ("forcing job termination"), before any checkpoint.
+        scancel --signal=TERM "$SLURM_JOB_ID" 2>/dev/null || kill -USR2 "$worker" 2>/dev/null || true
         wait "$worker" || true
     fi
     echo "[srlm] $(date -Is) worker stopped; requeueing ${SLURM_JOB_ID}"
