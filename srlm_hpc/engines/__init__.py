@@ -14,8 +14,11 @@ def vllm_usable() -> bool:
     fail ("operator torchvision::nms does not exist") though the package is found."""
     if importlib.util.find_spec("vllm") is None:
         return False
+    from ..log import library_output
+
     try:
-        import vllm  # noqa: F401
+        with library_output():  # its import prints platform notes (Triton, accelerator) to stdout
+            import vllm  # noqa: F401
     except (ImportError, RuntimeError):
         return False
     return True
@@ -28,8 +31,15 @@ def resolve_engine_name(name: str) -> str:
 
 
 def make_engine(name: str, model_path: str, device: str, batch_size: int = 8, vllm=None) -> Engine:
-    """`vllm` is the config's VLLMConfig section (defaults when None)."""
-    name = resolve_engine_name(name)
+    """`vllm` is the config's VLLMConfig section (defaults when None). What the engine prints
+    while it loads (progress bars, config dumps, C++ warnings) goes to the shard's log."""
+    from ..log import library_output
+
+    with library_output():
+        return _make_engine(resolve_engine_name(name), model_path, device, batch_size, vllm)
+
+
+def _make_engine(name: str, model_path: str, device: str, batch_size: int, vllm) -> Engine:
     if name == "hf":
         from .hf import HFEngine
 
@@ -43,5 +53,5 @@ def make_engine(name: str, model_path: str, device: str, batch_size: int = 8, vl
                           pipeline_parallel_size=v.pipeline_parallel_size,
                           gpu_memory_utilization=v.gpu_memory_utilization,
                           enable_prefix_caching=v.enable_prefix_caching, max_model_len=v.max_model_len or None,
-                          kv_cache_gb=v.kv_cache_gb or None)
+                          kv_cache_gb=v.kv_cache_gb or None, dtype=v.dtype)
     raise ValueError(f"engine={name!r}: expected one of 'auto', 'hf', 'vllm'")

