@@ -49,6 +49,7 @@ from pathlib import Path
 import orjson
 import zstandard
 
+from . import pair_rules
 from .config import Config, env_threads
 from .files import CorruptFileError, FileInfo, atomic_write_json, fsync_dir, read_json, sha256_file, verify_file
 from .locks import LockBusyError, file_lock
@@ -240,13 +241,11 @@ def resolved_threads(cfg: Config) -> int:
 
 def merge(cfg: Config, log=print) -> FileInfo:
     """Merge the judge shards of cfg.run.iter into pairs files; returns index.json's FileInfo.
-    The pairing rules and the statistics are the pairs stage's (build_pair, add_to_stats)."""
-    from .stages import pairs  # imported here: stages.pairs imports this module
-
+    The pairing rules and the statistics are pair_rules.py's (build_pair, add_to_stats)."""
     out_dir = cfg.stage_dir("pairs")
     out_dir.mkdir(parents=True, exist_ok=True)
     with _lock(out_dir):
-        return _Merge(cfg, out_dir, pairs, log).run()
+        return _Merge(cfg, out_dir, pair_rules, log).run()
 
 
 class _Merge:

@@ -468,7 +468,9 @@ def test_an_io_error_or_a_rule_error_fails_the_merge_but_blames_no_judge_shard(r
     with pytest.raises(OSError, match="Stale file handle"):
         run_merge(cfg)
     monkeypatch.undo()
-    monkeypatch.setattr(pairs, "build_pair", lambda *a, **k: (_ for _ in ()).throw(ValueError("a rule bug")))
+    from srlm_hpc import pair_rules  # the rule the merger applies (stages.pairs re-exports it)
+
+    monkeypatch.setattr(pair_rules, "build_pair", lambda *a, **k: (_ for _ in ()).throw(ValueError("a rule bug")))
     with pytest.raises(ValueError, match="a rule bug"):
         run_merge(cfg)
     monkeypatch.undo()
