@@ -17,12 +17,12 @@ from ..files import FileInfo, atomic_write_json, file_info
 from ..models import load_model, load_tokenizer, model_path, resolve_device, save_model, weights_file
 from ..schema import PairRecord
 from .pairs import iter_pairs
-from ..training.dpo_loss import dpo_loss, response_logps
-from ..training.shared_prefix import collate_shared, shared_response_logps, target_counts
+from ..training.dpo_loss import dpo_loss
 from ..shards import shard_seed
 from ..training.loop import batch_plan, train
-from ..training.tokenize import IGNORE, collate, encode_pair
 from .common import start_training, train_backend_options
+from .pair_scoring import (encode_pairs, pair_batch, pair_logps, reduced,  # noqa: F401 (re-exported)
+                           reference_model_path, score_pairs, trainable_pairs)
 
 STAGE, UPSTREAM = "dpo", "pairs"
 
@@ -31,47 +31,9 @@ def plan(cfg: Config) -> tuple[int, dict]:
     return 1, {"reference": cfg.dpo.reference}
 
 
-def encode_pairs(tok, pairs: list[PairRecord], max_len: int) -> list[tuple[tuple, tuple] | None]:
-    """Each pair's (chosen, rejected) token ids as DPO scores them; a side the engine cut at
-    max_tokens (pairs.allow_truncated) ends without the end token. None for a pair that, cut to
-    max_len, would give its two sides different prompt tokens (tokenize.encode_pair)."""
-    return [encode_pair(tok, p.prompt, p.chosen, p.rejected, max_len, p.chosen_finish_reason != "length",
-                        p.rejected_finish_reason != "length") for p in pairs]
-
-
-def trainable_pairs(tok, pairs: list[PairRecord], max_len: int) -> tuple[list[PairRecord], list, int]:
-    """(the pairs DPO trains on, their encodings, how many were dropped by encode_pairs' rule)."""
-    kept = [(p, e) for p, e in zip(pairs, encode_pairs(tok, pairs, max_len)) if e is not None]
-    return [p for p, _ in kept], [e for _, e in kept], len(pairs) - len(kept)
-
-
-def pair_batch(encoded, idx: list[int], pad_id: int, device: str) -> dict[str, torch.Tensor]:
-    """Chosen sequences first, then rejected: one forward computes both."""
-    seqs = [encoded[i][0] for i in idx] + [encoded[i][1] for i in idx]
-    return {k: v.to(device) for k, v in collate(seqs, pad_id).items()}
-
-
-def pair_logps(model, encoded, idx: list[int], pad_id: int, device: str, share_prompt: bool,
-               reduction: str = "sum") -> tuple[torch.Tensor, torch.Tensor]:
-    """[2n] log-probs of the pairs `idx` (chosen of each, then rejected) and [2n] response token
-    counts. share_prompt: one row per pair, the common prefix run once (training/shared_prefix.py);
-    else the 2n sequences padded side by side (pair_batch). Same values (fp32, atol 1e-5)."""
-    if share_prompt:
-        batch = {k: v.to(device) for k, v in collate_shared([encoded[i] for i in idx], pad_id).items()}
-        return shared_response_logps(model, batch, reduction), target_counts(batch)
-    batch = pair_batch(encoded, idx, pad_id, device)
-    return response_logps(model, batch, reduction), (batch["labels"][:, 1:] != IGNORE).sum(-1)
-
-
-def reference_model_path(cfg: Config):
-    return model_path(cfg, 1) if cfg.dpo.reference == "sft" else model_path(cfg, cfg.run.iter)
-
-
 def reference_logps(cfg: Config, encoded, pad_id: int, device: str) -> torch.Tensor:
     """[n_pairs, 2] (chosen, rejected) log-probs under the frozen reference, computed here as the
     ref_logps stage computes them (score_pairs), with the reference loaded for this pass alone."""
-    from .ref_logps import reduced, score_pairs
-
     ref = load_model(reference_model_path(cfg), device=device).eval()
     scores = score_pairs(ref, encoded, pad_id, device, cfg.dpo.micro_batch_size, cfg.dpo.share_prompt)
     del ref

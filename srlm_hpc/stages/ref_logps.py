@@ -25,6 +25,7 @@ from ..manifest import StageManifest
 from ..models import load_model, load_tokenizer, model_fingerprint, resolve_device
 from ..schema import PairRecord
 from ..shards import run_chunked, shard_output, upstream_outputs
+from .pair_scoring import reduced, reference_model_path, score_pairs, trainable_pairs  # noqa: F401
 
 STAGE, UPSTREAM = "ref_logps", "pairs"
 
@@ -61,32 +62,7 @@ def shard_pairs(cfg: Config, shard: int) -> list[PairRecord]:
     return list(iter_pairs(cfg, shard * size, (shard + 1) * size))
 
 
-@torch.no_grad()
-def score_pairs(model, encoded: list, pad_id: int, device: str, micro_batch_size: int,
-                share_prompt: bool = True) -> list[tuple]:
-    """[(chosen sum, rejected sum, chosen tokens, rejected tokens)] under `model`, in order
-    (share_prompt: see dpo.pair_logps)."""
-    from .dpo import pair_logps
-
-    out = []
-    for start in range(0, len(encoded), micro_batch_size):
-        idx = list(range(start, min(start + micro_batch_size, len(encoded))))
-        lp, n_tokens = pair_logps(model, encoded, idx, pad_id, device, share_prompt)
-        lp, n_tokens = lp.cpu().tolist(), n_tokens.cpu().tolist()
-        n = len(idx)
-        out += [(lp[i], lp[n + i], n_tokens[i], n_tokens[n + i]) for i in range(n)]
-    return out
-
-
-def reduced(score: tuple, reduction: str) -> tuple[float, float]:
-    """(chosen, rejected) of one score_pairs tuple, as dpo.logp_reduction asks: summed log-probs,
-    or their mean over target tokens."""
-    c, r, n_c, n_r = score
-    return (c / max(1, n_c), r / max(1, n_r)) if reduction == "mean" else (c, r)
-
-
 def run_shard(cfg: Config, shard: int) -> FileInfo:
-    from .dpo import reference_model_path, trainable_pairs
 
     r = cfg.ref_logps
     device = resolve_device(cfg.run.device)
