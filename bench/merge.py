@@ -42,7 +42,7 @@ from srlm_hpc.files import FileInfo
 from srlm_hpc.manifest import StageManifest
 from srlm_hpc.shards import shard_output
 from srlm_hpc.stages import pairs
-from _common import cpu_model
+from _common import LoadGuard, cpu_model, write_result
 
 RESULTS = Path(__file__).parent / "results" / "merge.json"
 # Judges justify with the rubric's own words (SPEC.md, Fig. 2), which zstd finds again and again.
@@ -175,6 +175,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.child:
         return child(a.work_dir, a.child)
+    guard = LoadGuard.start()  # a result only from a quiet machine (bench/_common.py)
     root = Path(a.dir)
     shutil.rmtree(root, ignore_errors=True)
     work = root / "work"
@@ -231,11 +232,11 @@ def main() -> None:
         "resume_runner_skip_s": resume["runner_skip_s"], "resume_merger_check_s": resume["merger_check_s"],
         "table": [list(r) for r in rows],
     }
-    if not a.no_save:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"\nwrote {RESULTS}")
+    saved = a.no_save or write_result(RESULTS, result, guard, headline={
+        "merge_vs_zstd_in": round(merge["wall_s"] / zstd_in, 3), "merge_peak_rss_mb": round(merge["peak_rss_mb"])})
     shutil.rmtree(root, ignore_errors=True)
+    if not saved:
+        raise SystemExit(3)
 
 
 if __name__ == "__main__":
