@@ -22,8 +22,9 @@ import gpu_check  # noqa: E402
 
 
 def results_listing() -> dict:
+    """The check's own files in bench/results (other benchmarks may write there meanwhile)."""
     d = ROOT / "bench" / "results"
-    return {p.name: p.stat().st_mtime_ns for p in d.iterdir()} if d.exists() else {}
+    return {p.name: p.stat().st_mtime_ns for p in d.glob("gpu_check*")} if d.exists() else {}
 
 
 def run(*args, timeout=1800):
