@@ -131,7 +131,8 @@ def test_a_submit_killed_between_queueing_and_recording(slurm, tmp_path, tiny_ll
     cmd = [sys.executable, "-m", "srlm_hpc.submit", "stage=prompts,responses", "executor=slurm", *slurm_args(work)]
     killed = subprocess.run(cmd, env={**os.environ, "SRLM_FAULT_POINT": "after-queueing"}, capture_output=True)
     assert killed.returncode == -9
-    assert subprocess.run([*cmd, "wait=true"], capture_output=True, text=True).returncode == 0
+    again = subprocess.run([*cmd, "wait=true"], capture_output=True, text=True)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
     slurm.wait_for(lambda: not queued_jobs(), timeout=600, interval=1, what="the queue to drain")
     root = build_config({"work_dir": str(work)}).manifest_root
     for stage, n in (("prompts", 2), ("responses", 4)):
