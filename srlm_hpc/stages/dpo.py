@@ -3,7 +3,8 @@
 The reference log-probs come from the ref_logps stage when it ran (DPO then never loads the
 reference), else they are computed here once, up front, under no_grad, and the reference is
 freed before the policy trains: only one model is in memory while training. Both passes get
-per-sequence summed log-probs from the log-prob kernel.
+per-sequence summed log-probs from the log-prob kernel, each pair's chosen and rejected in one
+row with their shared prompt run once (dpo.share_prompt, training/shared_prefix.py).
 
     python -m srlm_hpc.submit stage=dpo iter=1 preset=demo
 """
