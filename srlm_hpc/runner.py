@@ -182,6 +182,33 @@ def check_shaping(cfg: Config, stage: str, man: StageManifest) -> str:
     return fingerprint(mine)
 
 
+def claim_or_wait(cfg: Config, man: StageManifest, stage: str, shard: int, owner: str, log: str,
+                  config: str) -> bool:
+    """Claim the shard (True), or, while another live task owns it, wait: False once that task
+    has finished it; the shard is claimed after all if its owner dies or gives it back. A
+    duplicate task (a killed submit's, a node-failure requeue's) thus ends only when the shard
+    is done, so `afterok` dependents never start early; after slurm.stale_after_s of waiting
+    it gives up with an error (its dependents are cancelled; a rerun of submit requeues them)
+    and leaves the manifest alone."""
+    deadline = time.monotonic() + cfg.slurm.stale_after_s
+    said = False
+    while True:
+        try:
+            man.claim(shard, owner, log=log, liveness_s=liveness_s(cfg), config=config)
+            return True
+        except ShardBusyError as e:
+            if not said:
+                print(f"[{stage}] {e}; waiting for it", flush=True)
+                said = True
+            if time.monotonic() > deadline:
+                raise ShardBusyError(f"{e}; gave up after waiting {cfg.slurm.stale_after_s:.0f}s "
+                                     f"(slurm.stale_after_s)") from None
+        time.sleep(min(cfg.slurm.heartbeat_s, 5))
+        if man.verified_output(man.get(shard)) is not None:
+            print(f"[{stage}] shard {shard}: done by the task that owned it", flush=True)
+            return False
+
+
 def run_shard(cfg: Config, stage: str, shard: int, log: str = "", rank: int = 0, world: int = 1) -> None:
     """Run one shard. Rank 0 of a multi-task array element owns the manifest entry; the
     other ranks join the work (see is_collective, spans_ray_nodes) and never write it."""
@@ -195,11 +222,9 @@ def run_shard(cfg: Config, stage: str, shard: int, log: str = "", rank: int = 0,
         return follow_shard(cfg, stage, shard, man, rank, world)
     config = check_shaping(cfg, stage, man)
     owner = new_owner_token()
-    try:
-        man.claim(shard, owner, log=log or str(shard_log_path(cfg, stage, shard)), liveness_s=liveness_s(cfg), config=config)
-    except ShardBusyError as e:
-        print(f"[{stage}] {e}", flush=True)
-        return
+    if not claim_or_wait(cfg, man, stage, shard, owner, log or str(shard_log_path(cfg, stage, shard)), config):
+        finish_stage_if_complete(cfg, stage)
+        return  # another task finished it while this one waited
     sweep_shard_temps(cfg, stage, shard)
     t0 = time.time()
     try:

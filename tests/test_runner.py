@@ -111,15 +111,30 @@ def test_a_damaged_upstream_heals_on_the_next_rerun(cfg):
                for s in ("up", "down") for st in StageManifest(cfg.manifest_root, 1, s).states(3))
 
 
-def test_a_second_live_run_of_a_shard_backs_off(cfg, capsys):
+def test_a_second_live_run_of_a_shard_waits_for_its_owner(cfg, capsys):
+    """A duplicate task ends only once the shard is done (so afterok dependents never start
+    early), or with an error after slurm.stale_after_s; it never runs the shard meanwhile."""
+    import threading
+    from dataclasses import replace
+
+    from srlm_hpc.manifest import ShardBusyError
+
     man = StageManifest(cfg.manifest_root, 1, "up")
     man.write_plan(3, {})
     st = man.claim(0, "the-other-task", liveness_s=10)
     st.pid = os.getppid()  # a live process of this host owns it
     man._put(st)
-    runner.run_shard(cfg, "up", 0)
-    assert CALLS == [] and "backs off" in capsys.readouterr().out
+    impatient = replace(cfg, slurm=replace(cfg.slurm, stale_after_s=2.0))
+    with pytest.raises(ShardBusyError, match="gave up after waiting 2s"):
+        runner.run_shard(impatient, "up", 0)
+    assert CALLS == [] and "waiting for it" in capsys.readouterr().out
     assert man.get(0).owner == "the-other-task" and man.get(0).state == "running"
+    # The owner finishes while the duplicate waits: the duplicate ends, without running it.
+    finish = threading.Timer(1.5, lambda: man.mark_done(0, _up_run(cfg, 0), owner="the-other-task"))
+    finish.start()
+    runner.run_shard(cfg, "up", 0)
+    finish.join()
+    assert CALLS == [("up", 0)] and "done by the task that owned it" in capsys.readouterr().out
 
 
 def test_temp_files_of_a_killed_attempt_are_swept_by_the_next_owner(cfg):
