@@ -266,6 +266,9 @@ class SlurmConfig:
     array_parallelism: int = 256  # most tasks of one array running at once
     extra: tuple[str, ...] = ()  # more sbatch options, "key=value" each (e.g. constraint=a100)
     max_retries: int = 3  # failures of one shard (preemptions not counted) before submit stops resubmitting it
+    # submitit requeues a task after a time-out this many times, then gives up (its own default: 3);
+    # a long shard resumes from its chunks or checkpoint each time, so a larger value is safe.
+    max_timeouts: int = 3
     heartbeat_s: float = 60.0  # how often a running shard touches its manifest entry
     stale_after_s: float = 900.0  # a running shard whose heartbeat is older is stale
     log_dir: str = ""  # empty: <work_dir>/logs

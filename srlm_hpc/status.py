@@ -3,6 +3,8 @@ doing (chunk or step, rate, ETA), and the shards to look at, with their logs.
 
     python -m srlm_hpc.status work_dir=runs/demo [run=NAME] [manifest_dir=DIR] [slurm.stale_after_s=900]
     python -m srlm_hpc.status preset=demo --json           # the same facts, for programs
+    python -m srlm_hpc.status work_dir=runs/demo --verify  # hash every output file again (default: only
+                                                           # files whose size, mtime or inode changed)
     until python -m srlm_hpc.status work_dir=runs/r1; do sleep 60; done   # wait for the run
 
 Exit status: 0 when every planned shard of the run is done and verified; 1 when any is
@@ -48,14 +50,14 @@ def live_jobs() -> dict[str, str] | None:
 
 
 def stage_report(man: StageManifest, stale_after: float, now: float, queue: dict[str, str] | None = None,
-                 max_retries: int | None = None) -> dict:
+                 max_retries: int | None = None, verify: bool = False) -> dict:
     plan = man.plan()
     states = man.states(plan["n_shards"]) if plan else []
     counts = {"pending": 0, "running": 0, "done": 0, "failed": 0, "stale": 0}
     attention, running, given_up = [], [], []
     for st in states:
         state = st.state
-        if state == "done" and man.verified_output(st) is None:
+        if state == "done" and man.verified_output(st, full=verify) is None:
             state = "pending"  # its output changed since: it will rerun
         if state == "running":
             job_gone = queue is not None and not st.job_id.startswith("local-") and st.job_id not in queue
@@ -80,7 +82,7 @@ def stage_report(man: StageManifest, stale_after: float, now: float, queue: dict
 
 
 def report(manifest_root: Path, stale_after: float = 900.0, max_retries: int | None = None,
-           queue: dict[str, str] | None | bool = True) -> list[tuple[int, str, dict]]:
+           queue: dict[str, str] | None | bool = True, verify: bool = False) -> list[tuple[int, str, dict]]:
     """[(iteration, stage, stage_report)] for every planned stage; `queue`: True asks Slurm."""
     rows = []
     now = time.time()
@@ -91,7 +93,7 @@ def report(manifest_root: Path, stale_after: float = 900.0, max_retries: int | N
         for stage in STAGES:
             if (it_dir / stage / "plan.json").exists():
                 rows.append((k, stage, stage_report(StageManifest(manifest_root, k, stage), stale_after, now, queue,
-                                                    max_retries)))
+                                                    max_retries, verify)))
     return rows
 
 
@@ -191,11 +193,11 @@ def outcome_after_wait(work) -> int:
 
 
 def _status(argv: list[str]) -> int:
-    want_json = "--json" in argv
-    cfg = config_from_cli([a for a in argv if a != "--json"])
+    want_json, verify = "--json" in argv, "--verify" in argv
+    cfg = config_from_cli([a for a in argv if a not in ("--json", "--verify")])
     if cfg is None:
         return EXIT_USAGE
-    rows = report(cfg.manifest_root, cfg.slurm.stale_after_s, cfg.slurm.max_retries)
+    rows = report(cfg.manifest_root, cfg.slurm.stale_after_s, cfg.slurm.max_retries, verify=verify)
     code = exit_code(rows)
     if want_json:
         print(json.dumps(as_json(cfg, rows, code), indent=1))

@@ -23,7 +23,7 @@ import sys
 
 from .config import load_config
 from .preemption import note_requeue
-from .runner import plan_stage, run_shard, setup_process, unfinished_shards
+from .runner import finish_stage_if_complete, plan_stage, run_shard, setup_process, unfinished_shards
 from .slurm_env import task_rank
 
 
@@ -78,7 +78,11 @@ class ShardTask:
 def pending(config_path: str, stage: str) -> list[int]:
     cfg = load_config(config_path)
     man, n_shards = plan_stage(cfg, stage)
-    return unfinished_shards(man, n_shards)
+    todo = unfinished_shards(man, n_shards)
+    if not todo:  # every shard done: its finalize too (redone here if a task's was cut short)
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the shard list alone
+            finish_stage_if_complete(cfg, stage)
+    return todo
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,8 +120,14 @@ def _worker(argv: list[str]) -> int:
     if shard is None:
         print("error: no SHARD argument and no $SLURM_ARRAY_TASK_ID", file=sys.stderr)
         return 2
+    from .preemption import Preempted, term_is_preemption
+
+    term_is_preemption()  # plain sbatch: the script's USR2 trap stops us with TERM, then requeues
     try:
         run(argv[0], argv[1], int(shard))
+    except Preempted as e:
+        print(f"[{argv[1]}] shard {shard}: {e}; the job is requeued and the shard resumes", flush=True)
+        return 0
     except Exception:
         import traceback
 
