@@ -52,6 +52,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import _common  # noqa: E402  (bench/_common.py: what every benchmark records)
+
 PARTS = ["build", "tests", "correctness", "timing", "dpo", "pipeline"]
 # Seconds per part on a GPU (sum 530 < 540 = 9 min). The build compiles one arch (~1-2 min on
 # 16 cores); the DPO step and the pipeline are mostly model loading, TRL's setup and (vLLM)
@@ -73,14 +76,6 @@ class Skip(Exception):
 # ============================================================================ orchestration
 def load_avg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
-
-
-def git_rev() -> str | None:
-    try:
-        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def gpu_info() -> dict:
@@ -194,7 +189,7 @@ def orchestrate(args) -> int:
     total = sum(BUDGET_S[p] for p in parts) * args.budget_scale
     record = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "git": git_rev(), "dry": args.dry, **info, "load_average_before": load_avg(),
+              "git": _common.git_rev(), "dry": args.dry, **info, "load_average_before": load_avg(),
               "budget_s": None if args.dry else total, "parts": {}}
     print(f"gpu_check: {info.get('gpu', 'CPU (dry)')}, torch {info['torch']}, CUDA {info['cuda']}; "
           f"parts {parts}; work {work}", flush=True)

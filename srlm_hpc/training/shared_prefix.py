@@ -25,21 +25,12 @@ from __future__ import annotations
 
 import torch
 
-from .tokenize import IGNORE
+from .tokenize import IGNORE, common_prefix_len
 
 # Segment ids of a row's positions.
 SHARED, CHOSEN, REJECTED, PAD = 0, 1, 2, 3
 
 Seq = tuple[list[int], int]  # (token ids, prompt length), as tokenize.join returns
-
-
-def common_prefix_len(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def collate_shared(pairs: list[tuple[Seq, Seq]], pad_id: int) -> dict[str, torch.Tensor]:

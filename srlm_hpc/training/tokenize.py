@@ -37,8 +37,8 @@ def prompt_parts(tok, messages: list[dict]) -> tuple[list[int], int, int]:
     text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     marked = tok.apply_chat_template(messages[:-1] + [{**messages[-1], "content": _PLACEHOLDER}],
                                      add_generation_prompt=True, tokenize=False)
-    start = _common_prefix(text, marked)
-    end = len(text) - _common_prefix(text[start:][::-1], marked[start:][::-1])
+    start = common_prefix_len(text, marked)
+    end = len(text) - common_prefix_len(text[start:][::-1], marked[start:][::-1])
     if getattr(tok, "is_fast", False):
         enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
@@ -53,7 +53,8 @@ def prompt_parts(tok, messages: list[dict]) -> tuple[list[int], int, int]:
     return ids, head, min(tail, len(ids) - head)
 
 
-def _common_prefix(a: str, b: str) -> int:
+def common_prefix_len(a, b) -> int:
+    """How many leading items two sequences (strings, token lists) share."""
     n = 0
     for x, y in zip(a, b):
         if x != y:
