@@ -80,7 +80,7 @@ browser:
 	    echo "chromium could not be installed: the report screenshot test will skip"; }
 
 clean-demo:
-	rm -rf runs/demo
+	rm -rf runs/demo manifests/demo manifests/demo-baseline
 
 # The whole GPU check in one command (bench/gpu_check.py): needs a CUDA torch in the active
 # environment, so it does not depend on setup (which installs the CPU build). Results go to
