@@ -386,6 +386,14 @@ def aggregate(records: list[dict]) -> dict:
     }
 
 
+def run_relative(cfg: Config, path) -> str:
+    """A model's path as metrics.json records it: relative to the work dir when inside it, so the
+    file's bytes depend on the run, not on where its folder lives (a moved or copied run, or the
+    same range run here and on Slurm, writes the same metrics.json)."""
+    path = Path(path)
+    return str(path.relative_to(cfg.work_dir)) if path.is_relative_to(cfg.work_dir) else str(path)
+
+
 def summarise(cfg: Config) -> dict:
     """metrics.json of iteration k: aggregate() of the verified shards, the responses stage's
     lengths (M_k's samples) and the pairs' chosen/rejected lengths, when those stages ran;
@@ -394,8 +402,8 @@ def summarise(cfg: Config) -> dict:
     roles = models(cfg)
     fps = {rec["model"]: rec["fingerprint"] for rec in records if rec.get("fingerprint")}
     out = {"iter": cfg.run.iter, "models": {role: name for role, (name, _) in roles.items()},
-           "model_paths": {role: str(path) for role, (_, path) in roles.items()}, "fingerprints": fps,
-           "judge": {"model": roles["judge"][0], "path": str(roles["judge"][1]),
+           "model_paths": {role: run_relative(cfg, path) for role, (_, path) in roles.items()}, "fingerprints": fps,
+           "judge": {"model": roles["judge"][0], "path": run_relative(cfg, roles["judge"][1]),
                      "chosen_by": "eval.judge_model" if eval_config(cfg).judge_model else "default: M1 frozen"},
            "heldout_source": eval_config(cfg).oasst_path or f"seed {HELDOUT_SEED_FILE} (written for the project)",
            **aggregate(records)}
