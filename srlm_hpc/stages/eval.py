@@ -44,7 +44,6 @@ from .judge import judge_sets
 STAGE = "eval"
 
 
-# The lead moves this into config.py as `Config.eval`; until then `eval_config` falls back to it.
 def eval_config(cfg: Config) -> EvalConfig:
     return cfg.eval
 
