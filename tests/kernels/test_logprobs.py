@@ -13,7 +13,10 @@ per case on this machine's CPU, with the shapes and scales used below.
   PyTorch's own fp32 path (logsumexp + gather). The kernel reads bf16/fp16 exactly and sums in
   fp32: measured <= 7.5e-8 (PyTorch fp32: <= 1.6e-7), far inside the issue's 2e-3 for bf16,
   which PyTorch's bf16 log_softmax itself misses (8e-4 to 3.5e-3).
-* Gradient, fp32 inputs: 1e-5, and within max(2x, 2e-6) of PyTorch's fp32 autograd.
+* Gradient, fp32 inputs: 1e-5 at logits ~ 3, and within max(2x, 2e-6) of PyTorch's fp32
+  autograd. At logits ~ 1e4 the fp32 lse is off by up to 2^-9 (half the fp32 ulp at 3e4 to 6e4)
+  and softmax inherits it: 12 of 300 seeds measured above 1e-5 (worst 8.5e-4), ours/PyTorch
+  fp32 <= 1.00 on all 300, so that case's bound is 2^-9 plus the 2x-PyTorch one.
 * Gradient, bf16/fp16 inputs. It is returned in the logits' dtype, so merely rounding the
   exact gradient costs up to half an ulp: 2^-9 on an entry in [0.5, 1) for bf16, i.e. up to
   2^-8 = 3.9e-3 normwise. Measured for ref64 itself rounded to bf16: 1.95e-3 at 2x7x7 and above
@@ -102,7 +105,7 @@ def pytorch_in_dtype(x, labels):
     return torch.where(active, lp.squeeze(-1), 0).float().sum(-1)
 
 
-def check_against_reference(logits, labels, vs_pytorch_in_dtype=True):
+def check_against_reference(logits, labels, vs_pytorch_in_dtype=True, grad_tol_fp32=GRAD_TOL_FP32):
     ours, g_ours = ours_with_grad(logits, labels)
     ref, g_ref = ref64(logits, labels)
     dtype = logits.dtype
@@ -115,7 +118,7 @@ def check_against_reference(logits, labels, vs_pytorch_in_dtype=True):
     assert fwd <= max(2 * fwd_naive, 1e-6), f"forward {fwd:.2e} vs PyTorch fp32 {fwd_naive:.2e}"
     grad, grad_naive = rel_err(g_ours, g_ref), rel_err(g_naive, g_ref)
     if dtype == torch.float32:
-        assert grad <= GRAD_TOL_FP32, f"grad rel err {grad:.2e} (PyTorch fp32: {grad_naive:.2e})"
+        assert grad <= grad_tol_fp32, f"grad rel err {grad:.2e} (PyTorch fp32: {grad_naive:.2e})"
         assert grad <= max(2 * grad_naive, 2e-6), f"grad {grad:.2e} vs PyTorch fp32 {grad_naive:.2e}"
     else:  # see the module docstring: correctly rounded up to the fp32 budget
         budget = max(2 * grad_naive, 1e-6)
@@ -186,7 +189,7 @@ def test_large_logits_do_not_overflow(dtype, device):
     # 0.5, which that path hits exactly, while our fp32 lse (ulp 2^-8 at 3e4) may put them one
     # bf16 ulp lower (measured 6.5e-4 normwise). The per-element check and its fp32 budget
     # (PyTorch fp32 measures 8.7e-4 here) still hold.
-    check_against_reference(logits, labels, vs_pytorch_in_dtype=False)
+    check_against_reference(logits, labels, vs_pytorch_in_dtype=False, grad_tol_fp32=2 ** -9)
 
 
 @pytest.mark.parametrize("device", DEVICES)
