@@ -166,6 +166,16 @@ class DPOConfig:
     # ref_logps stage has been planned for this iteration, else inline.
     reference_logps: Literal["auto", "stored", "inline"] = "auto"
     backend: Literal["torch", "deepspeed"] = "torch"  # deepspeed: ZeRO (see the deepspeed section), srun ranks
+    # Which weights become M_{k+1} (stages/dpo_select.py). "last": the final step's (ours, the
+    # default: no extra generation). "judge", as the paper: a candidate every `eval_every` steps
+    # plus the final one, each answering the validation prompts against M_k, judged by eval's fixed
+    # judge (eval.judge_model, eval.h2h_method); the best (W + T/2) / n wins, ties to the earlier step.
+    select: Literal["last", "judge"] = "last"
+    eval_every: int = 200  # paper: a checkpoint every 200 steps; larger than the run: the final weights alone
+    # JSONL of {"prompt_id", "prompt"}; "" = the shipped srlm_hpc/seed/validation.jsonl (24 prompts
+    # written for the project). Must share no prompt with eval's held-out test prompts.
+    select_prompts: str = ""
+    select_max_prompts: int = 253  # paper: 253 validation prompts
 
 
 @dataclass(frozen=True)
@@ -483,6 +493,7 @@ BOUNDS: dict[str, str] = {
     "judge.k": "[1, inf)", "judge.batch_size": "[1, inf)",
     "pairs.min_valid": "[2, inf)", "pairs.records_per_file": "[1, inf)", "pairs.zstd_level": "[1, 22]",
     "pairs.zstd_threads": "[-1, inf)",
+    "dpo.eval_every": "[1, inf)", "dpo.select_max_prompts": "[1, inf)",
     "ref_logps.shard_size": "[1, inf)", "ref_logps.micro_batch_size": "[1, inf)", "ref_logps.chunk_size": "[1, inf)",
     "eval.split_seed": "[0, inf)", "eval.ift_size": "[1, inf)", "eval.heldout_frac": "[0, 1)",
     "eval.max_rm_prompts": "[0, inf)", "eval.max_h2h_prompts": "[0, inf)", "eval.shard_size": "[1, inf)",

@@ -5,6 +5,8 @@ reference), else they are computed here once, up front, under no_grad, and the r
 freed before the policy trains: only one model is in memory while training. Both passes get
 per-sequence summed log-probs from the log-prob kernel, each pair's chosen and rejected in one
 row with their shared prompt run once (dpo.share_prompt, training/shared_prefix.py).
+M_{k+1} is the final weights (dpo.select=last) or, as in the paper, the candidate checkpoint
+that did best head-to-head against M_k on validation prompts (dpo.select=judge, dpo_select.py).
 
     python -m srlm_hpc.submit stage=dpo iter=1 preset=demo
 """
@@ -29,6 +31,9 @@ STAGE, UPSTREAM = "dpo", "pairs"
 
 
 def plan(cfg: Config) -> tuple[int, dict]:
+    from .dpo_select import check_plan
+
+    check_plan(cfg)  # dpo.select=judge: its prompts and backend, refused before anything trains
     return 1, {"reference": cfg.dpo.reference}
 
 
@@ -76,9 +81,15 @@ def run_shard(cfg: Config, shard: int) -> FileInfo | None:
     if not pairs:
         raise ValueError(f"iter {cfg.run.iter}: none of the {n_pairs} pairs fits dpo.max_len={d.max_len} with the "
                          f"same prompt tokens on both sides; raise dpo.max_len")
+    plan_ = batch_plan(len(encoded), d.batch_size, d.epochs, cfg.run.seed)
+    if d.select == "judge":
+        from . import dpo_select
+
+        if dpo_select.candidate_dir(cfg, len(plan_)).exists() or (cfg.stage_dir(STAGE) / "select.json").exists():
+            # trained before a kill (the last candidate is saved before the last checkpoint): select only
+            return file_info(weights_file(dpo_select.selected_model(cfg, len(plan_))), records=len(pairs))
     ref = reference_logps_for(cfg, pairs, encoded, tok.pad_token_id, device)
     policy = load_model(policy_path, device=device, dropout=d.dropout)
-    plan_ = batch_plan(len(encoded), d.batch_size, d.epochs, cfg.run.seed)
 
     def micro_step(idx: list[int], batch: list[int]):
         with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=d.autocast == "bf16"):
@@ -102,8 +113,30 @@ def run_shard(cfg: Config, shard: int) -> FileInfo | None:
           seed=shard_seed(cfg.run.seed, cfg.run.iter, STAGE, shard),
           checkpoint_every=d.checkpoint_every or max(1, len(plan_) // 4),
           checkpoint_minutes=d.checkpoint_minutes, desc="dpo",
-          **train_backend_options(cfg, d))
+          **train_backend_options(cfg, d), **candidate_saving(cfg, policy, tok, len(plan_)))
     if rank != 0:
         return None  # rank 0 holds the full weights, saves them and owns the manifest entry
+    if d.select == "judge":
+        from .dpo_select import selected_model
+
+        del policy  # the engines load each candidate from disk: free its memory first
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return file_info(weights_file(selected_model(cfg, len(plan_))), records=len(pairs))
     out = save_model(policy, tok, cfg.stage_dir(STAGE) / "model")
     return file_info(weights_file(out), records=len(pairs))
+
+
+def candidate_saving(cfg: Config, policy, tok, total: int) -> dict:
+    """train()'s keyword that saves a candidate checkpoint (weights and tokenizer) every
+    dpo.eval_every steps and at the last one, for dpo.select=judge; none for select=last."""
+    if cfg.dpo.select != "judge":
+        return {}
+    from .dpo_select import candidate_dir, candidate_steps
+
+    steps = set(candidate_steps(total, cfg.dpo.eval_every))
+
+    def after_step(done: int) -> None:
+        if done in steps:
+            save_model(policy, tok, candidate_dir(cfg, done))
+    return {"after_step": after_step}

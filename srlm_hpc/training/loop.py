@@ -67,12 +67,17 @@ def train(model, plan: list[list[int]], micro_batch_size: int, micro_step: Calla
           min_lr: float, warmup: int, weight_decay: float, grad_clip: float, stage_dir: Path,
           seed: int = 0, checkpoint_every: int = 0, checkpoint_minutes: float = 0.0,
           stop_after: int | None = None, desc: str = "train", backend: str = "torch", zero_stage: int = 2, offload_optimizer: bool = False,
-          offload_params: bool = False, bf16: bool = False) -> list[dict]:
+          offload_params: bool = False, bf16: bool = False, after_step: Callable[[int], None] | None = None) -> list[dict]:
     """Run the plan. `micro_step(indices, batch_indices) -> (loss_tensor, metrics)` returns the
     micro-batch's share of the batch loss, already divided by the batch's normaliser.
+    `after_step(steps_done)` (torch backend only) runs after each optimizer step and before that
+    step's checkpoint, so whatever it saves for step s exists whenever a checkpoint of s or later
+    does: a resumed run never needs it for a step it does not run again (dpo's candidates).
 
     Returns the per-step log (also appended to <stage_dir>/train_log.jsonl). The ZeRO options
     apply to backend="deepspeed" only (distributed.train_deepspeed)."""
+    if backend == "deepspeed" and after_step is not None:
+        raise ValueError("after_step: the deepspeed backend does not take one (its weights are sharded across ranks)")
     if backend == "deepspeed":
         from .distributed import train_deepspeed
 
@@ -130,6 +135,8 @@ def train(model, plan: list[list[int]], micro_batch_size: int, micro_step: Calla
             bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}")
             done = step + 1
             progress.update(done, total, "step")
+            if after_step is not None:
+                after_step(done)
             if clock.due(done, bool(signals)):
                 save_checkpoint(ckpt_dir, model, optimizer, done, log, identity)
                 write_log(log_path, log)
