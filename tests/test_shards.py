@@ -69,3 +69,53 @@ def test_a_damaged_chunk_is_recomputed(tmp_path):
     part = part_path(out, 4, 1)
     part.write_bytes(part.read_bytes()[:-7])  # a torn write the atomic rename should never allow
     assert run_chunked(out, items, 4, squares, desc="resumed").sha256 == want.sha256
+
+
+# ---- upstream_range: a downstream shard checks only the upstream shards it reads ---------------
+def _upstream(tmp_path, counts):
+    from srlm_hpc.config import build_config
+    from srlm_hpc.files import write_jsonl
+    from srlm_hpc.manifest import StageManifest
+    from srlm_hpc.shards import shard_output
+
+    cfg = build_config({"work_dir": str(tmp_path)})
+    man = StageManifest(cfg.manifest_root, 1, "up")
+    man.write_plan(len(counts), {})
+    first = 0
+    for shard, n in enumerate(counts):
+        man.mark_running(shard)
+        man.mark_done(shard, write_jsonl(shard_output(cfg, "up", shard), [{"i": first + j} for j in range(n)]))
+        first += n
+    return cfg, man
+
+
+def test_a_range_verifies_and_records_only_the_shards_holding_it(tmp_path, monkeypatch):
+    from srlm_hpc.manifest import StageManifest, recording_reads
+    from srlm_hpc.shards import UpstreamNotReadyError, shard_output, upstream_range
+
+    monkeypatch.setattr(StageManifest, "QUIET_S", -1.0)  # index at once (the test waits out the mtime tick)
+    cfg, man = _upstream(tmp_path, [3, 2, 4])
+    shard_output(cfg, "up", 0).write_text('{"i": 99}\n')  # damaged, but no shard below reads it
+    with recording_reads() as reads:
+        assert [r["i"] for r in upstream_range(cfg, "up", 4, 7)] == [4, 5, 6]
+    assert [r["shard"] for r in reads] == [1, 2]
+    assert man.records_index_path.exists()  # the counts are indexed for the stage's next reader
+    with pytest.raises(UpstreamNotReadyError, match=r"shard\(s\) 0 of 3 are not done \(shard 0: .*bytes, expected"):
+        upstream_range(cfg, "up", 2, 4)
+
+
+def test_a_rerun_upstream_shard_with_other_counts_moves_the_ranges_after_it(tmp_path, monkeypatch):
+    import time
+
+    from srlm_hpc.files import write_jsonl
+    from srlm_hpc.manifest import StageManifest
+    from srlm_hpc.shards import shard_output, upstream_range
+
+    monkeypatch.setattr(StageManifest, "QUIET_S", -1.0)
+    cfg, man = _upstream(tmp_path, [3, 2, 4])
+    assert [r["i"] for r in upstream_range(cfg, "up", 5, 7)] == [5, 6]  # indexed: [3, 2, 4]
+    time.sleep(0.05)  # past the folder's mtime tick, so the rerun below moves it
+    man.mark_running(0)
+    man.mark_done(0, write_jsonl(shard_output(cfg, "up", 0), [{"i": 100}]))  # now 1 record
+    assert [r["i"] for r in upstream_range(cfg, "up", 1, 4)] == [3, 4, 5]  # shard 1 starts at record 1 now
+    assert man.record_counts(3) == [1, 2, 4]
