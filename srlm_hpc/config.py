@@ -581,6 +581,10 @@ def _validate(cfg: Config) -> Config:
 
     if (template_problem := setting_problem(cfg.run.chat_template)) is not None:
         problems.append(template_problem)
+    from .validation_prompts import setting_problem as selection_problem  # dpo.select=judge only: reads its prompts
+
+    if (select_problem := selection_problem(cfg.dpo)) is not None:
+        problems.append(select_problem)
     if problems:
         raise ConfigError("bad configuration:\n  " + "\n  ".join(problems))
     return cfg

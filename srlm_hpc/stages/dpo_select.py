@@ -24,9 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from importlib import resources
 from pathlib import Path
 
+from .. import validation_prompts as validation_prompts_file
 from ..config import Config, ConfigError
 from ..engines import SamplingConfig
 from ..files import atomic_write_json, read_json, read_jsonl, replace_dir, write_jsonl
@@ -35,7 +35,6 @@ from ..shards import run_chunked, shard_seed
 from .common import engine_for
 
 STAGE = "dpo"
-VALIDATION_SEED_FILE = "validation.jsonl"  # srlm_hpc/seed/: written for the project, never trained on
 
 
 # ---- the candidates ------------------------------------------------------------------------------
@@ -68,42 +67,15 @@ def saved_candidates(cfg: Config, total: int) -> list[tuple[int, Path]]:
 def prompts_source(cfg: Config) -> str:
     """As select.json records it: a path inside the work dir relative to it (eval's run_relative)."""
     if not cfg.dpo.select_prompts:
-        return f"seed {VALIDATION_SEED_FILE} (written for the project)"
+        return validation_prompts_file.source("")
     from .eval import run_relative
 
     return run_relative(cfg, Path(cfg.dpo.select_prompts).expanduser().resolve())
 
 
-def _read_prompts(path: Path, name: str) -> list[dict]:
-    out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            ok = isinstance(rec, dict) and isinstance(rec.get("prompt"), str) and rec["prompt"].strip()
-        except json.JSONDecodeError:
-            ok = False
-        if not ok:
-            raise ConfigError(f"dpo.select_prompts={name} line {n}: expected a JSON object with a non-empty "
-                              f"\"prompt\" string (and a \"prompt_id\"); fix or remove the line")
-        out.append({"prompt_id": str(rec.get("prompt_id", f"line-{n}")), "prompt": rec["prompt"]})
-    return out
-
-
 def validation_prompts(cfg: Config) -> list[dict]:
-    """{"prompt_id", "prompt"} of dpo.select_prompts (else the shipped file), the first
-    dpo.select_max_prompts of them."""
-    if cfg.dpo.select_prompts:
-        path = Path(cfg.dpo.select_prompts).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"dpo.select_prompts={cfg.dpo.select_prompts}: no such file; expected a JSONL file of "
-                              f"{{\"prompt_id\", \"prompt\"}} lines, or \"\" for the shipped validation prompts")
-        prompts = _read_prompts(path, cfg.dpo.select_prompts)
-    else:
-        with resources.as_file(resources.files("srlm_hpc.seed").joinpath(VALIDATION_SEED_FILE)) as p:
-            prompts = _read_prompts(p, f"seed {VALIDATION_SEED_FILE}")
-    return prompts[:cfg.dpo.select_max_prompts]
+    """{"prompt_id", "prompt"} of dpo.select_prompts (else the shipped file), the first dpo.select_max_prompts."""
+    return validation_prompts_file.load(cfg.dpo.select_prompts, cfg.dpo.select_max_prompts)
 
 
 def _same_text(text: str) -> str:
@@ -111,17 +83,14 @@ def _same_text(text: str) -> str:
 
 
 def plan_problem(cfg: Config) -> str | None:
-    """Why dpo.select=judge cannot run with this config, or None: checked when the dpo stage is
-    planned (at submit on Slurm, before any job is queued), so a bad setting costs no training."""
+    """Why dpo.select=judge cannot run with this config, or None. The config refuses a bad file
+    or backend when it is read; a prompt shared with eval's test prompts (which needs eval's
+    data) is refused when the dpo stage is planned: at submit on Slurm, before any job is queued."""
     if cfg.dpo.select != "judge":
         return None
-    if cfg.dpo.backend != "torch":
-        return (f"dpo.select=judge: expected dpo.backend=torch (candidates are saved from the torch loop; "
-                f"dpo.backend={cfg.dpo.backend} keeps its weights sharded across ranks); or dpo.select=last")
+    if (problem := validation_prompts_file.setting_problem(cfg.dpo)) is not None:  # the config's own check
+        return problem
     prompts = validation_prompts(cfg)
-    if not prompts:
-        return (f"dpo.select=judge: {prompts_source(cfg)} holds no validation prompts; expected at least one "
-                f"{{\"prompt_id\", \"prompt\"}} line (the paper used 253), or dpo.select=last")
     from .eval import heldout
 
     turns, tests = heldout(cfg)

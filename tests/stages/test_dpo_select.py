@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -91,16 +90,23 @@ def words(tmp_path_factory, smollm_tokenizer_dir) -> dict[str, Path]:
     return {w: forced_llama(root / w, smollm_tokenizer_dir, w) for w in PREFERENCE}
 
 
-def make_cfg(work: Path, judge: Path, **dpo_keys) -> object:
+def validation_lines(n: int = N_PROMPTS) -> str:
+    return "".join(json.dumps({"prompt_id": f"v{i}", "prompt": f"Name a colour, please ({i})."}) + "\n"
+                   for i in range(n))
+
+
+def make_cfg(work: Path, judge: Path, prompts_text: str | None = None, **dpo_keys) -> object:
+    return build_config(cfg_keys(work, judge, prompts_text, **dpo_keys))
+
+
+def cfg_keys(work: Path, judge: Path, prompts_text: str | None = None, **dpo_keys) -> dict:
     prompts = work / "validation.jsonl"
     prompts.parent.mkdir(parents=True, exist_ok=True)
-    prompts.write_text("".join(json.dumps({"prompt_id": f"v{i}", "prompt": f"Name a colour, please ({i})."}) + "\n"
-                               for i in range(N_PROMPTS)))
-    keys = {"work_dir": str(work), "model": str(judge), "engine": "hf", "device": "cpu", "seed": 5, "iter": 1,
+    prompts.write_text(validation_lines() if prompts_text is None else prompts_text)
+    return {"work_dir": str(work), "model": str(judge), "engine": "hf", "device": "cpu", "seed": 5, "iter": 1,
             "threads": 1, "eval.judge_model": str(judge), "eval.max_tokens": 3, "eval.batch_size": 2,
             "eval.compare_max_tokens": 8, "dpo.select": "judge", "dpo.select_prompts": str(prompts),
             **{f"dpo.{k}": v for k, v in dpo_keys.items()}}
-    return build_config(keys)
 
 
 def place(src: Path, dest: Path) -> Path:
@@ -207,50 +213,52 @@ def test_a_kill_between_two_candidates_resumes_without_judging_any_twice(tmp_pat
     assert not list(first.parent.glob("*.part-*"))
 
 
-# ---- plan-time checks ----------------------------------------------------------------------------
-def plan_error(cfg) -> str:
+# ---- checked before anything runs -------------------------------------------------------------------
+def config_error(work: Path, judge: Path, prompts_text: str | None = None, **dpo_keys) -> str:
     with pytest.raises(ConfigError) as e:
-        dpo.plan(cfg)
+        make_cfg(work, judge, prompts_text, **dpo_keys)
     assert failure_exit(e.value) == EXIT_USAGE  # exit 2 under the CLI contract, no traceback
-    assert "\n" not in str(e.value)
     return str(e.value)
 
 
-def test_zero_validation_prompts_are_refused_at_plan_time(tmp_path, tiny_llama):
-    cfg = make_cfg(tmp_path, tiny_llama)
-    Path(cfg.dpo.select_prompts).write_text("\n")
-    assert "holds no validation prompts" in plan_error(cfg) and "dpo.select=last" in plan_error(cfg)
-    assert dpo.plan(replace(cfg, dpo=replace(cfg.dpo, select="last")))[0] == 1  # select=last never reads them
+def test_zero_validation_prompts_are_a_usage_error_before_anything_runs(tmp_path, tiny_llama, capsys):
+    from srlm_hpc.submit import main as submit
 
-
-def test_validation_prompts_that_are_eval_test_prompts_are_refused(tmp_path, tiny_llama):
-    cfg = make_cfg(tmp_path, tiny_llama)
-    from srlm_hpc.stages.eval import heldout
-
-    test_prompt = heldout(cfg)[1][0]["prompt"]
-    with open(cfg.dpo.select_prompts, "a") as f:
-        f.write(json.dumps({"prompt_id": "leak", "prompt": "  " + test_prompt.upper() + " "}) + "\n")
-    msg = plan_error(cfg)
-    assert "1 validation prompt(s)" in msg and "leak" in msg and "held-out test prompts" in msg
+    msg = config_error(tmp_path, tiny_llama, "\n")
+    assert "dpo.select=judge:" in msg and "holds no validation prompts" in msg and "dpo.select=last" in msg
+    args = [f"{k}={v}" for k, v in cfg_keys(tmp_path, tiny_llama, "").items()]
+    assert submit(["stage=dpo", "executor=local", *args]) == 2
+    err = capsys.readouterr().err
+    assert "holds no validation prompts" in err and "Traceback" not in err
+    assert make_cfg(tmp_path, tiny_llama, "", select="last").dpo.select == "last"  # select=last reads nothing
 
 
 def test_bad_validation_files_and_backends_name_the_fix(tmp_path, tiny_llama):
-    cfg = make_cfg(tmp_path, tiny_llama)
-    assert "no such file" in plan_error(replace(cfg, dpo=replace(cfg.dpo, select_prompts=str(tmp_path / "nope"))))
-    with open(cfg.dpo.select_prompts, "a") as f:
-        f.write('{"prompt_id": "x"}\n')
-    assert f"line {N_PROMPTS + 1}" in plan_error(cfg)
-    ds = replace(make_cfg(tmp_path / "b", tiny_llama), dpo=replace(cfg.dpo, backend="deepspeed"))
-    assert "dpo.backend=torch" in plan_error(ds)
-    with pytest.raises(ConfigError, match="dpo.eval_every=0"):
-        build_config({"dpo.eval_every": 0})
+    assert "no such file" in config_error(tmp_path, tiny_llama, select_prompts=str(tmp_path / "nope"))
+    assert f"line {N_PROMPTS + 1}:" in config_error(tmp_path, tiny_llama, validation_lines() + '{"prompt_id": "x"}\n')
+    assert "dpo.backend=torch" in config_error(tmp_path, tiny_llama, backend="deepspeed")
+    assert "dpo.eval_every=0: expected a value >= 1" in config_error(tmp_path, tiny_llama, eval_every=0)
+
+
+def test_validation_prompts_that_are_eval_test_prompts_are_refused_when_dpo_is_planned(tmp_path, tiny_llama):
+    from srlm_hpc.stages.eval import heldout
+
+    test_prompt = heldout(make_cfg(tmp_path, tiny_llama))[1][0]["prompt"]
+    leak = json.dumps({"prompt_id": "leak", "prompt": "  " + test_prompt.upper() + " "}) + "\n"
+    cfg = make_cfg(tmp_path, tiny_llama, validation_lines() + leak)
+    with pytest.raises(ConfigError) as e:
+        dpo.plan(cfg)
+    assert failure_exit(e.value) == EXIT_USAGE and "\n" not in str(e.value)
+    assert "1 validation prompt(s)" in str(e.value) and "leak" in str(e.value)
+    assert "held-out test prompts" in str(e.value)
+    assert dpo.plan(make_cfg(tmp_path, tiny_llama, validation_lines() + leak, select="last"))[0] == 1
 
 
 def test_the_shipped_validation_prompts_are_disjoint_from_test_and_training_prompts(tmp_path, tiny_llama):
     from srlm_hpc.data.oasst import load_seed
     from srlm_hpc.stages.eval import heldout
 
-    cfg = replace(make_cfg(tmp_path, tiny_llama), dpo=replace(make_cfg(tmp_path, tiny_llama).dpo, select_prompts=""))
+    cfg = make_cfg(tmp_path, tiny_llama, select_prompts="")
     assert dpo_select.plan_problem(cfg) is None
     mine = {dpo_select._same_text(p["prompt"]) for p in dpo_select.validation_prompts(cfg)}
     assert len(mine) == 24
@@ -272,7 +280,8 @@ def run_dpo(work: Path, tiny_llama: Path, monkeypatch, **dpo_keys):
     keys = {"lr": 1e-3, "batch_size": 2, "micro_batch_size": 2, "reference_logps": "inline", "max_len": 64,
             **dpo_keys}
     cfg = make_cfg(work, tiny_llama, **keys)
-    place(tiny_llama, model_path(cfg, 1))
+    if not model_path(cfg, 1).exists():  # a rerun finds it
+        place(tiny_llama, model_path(cfg, 1))
     monkeypatch.setattr(dpo, "iter_pairs", lambda cfg: iter(tiny_pairs(6)))
     info = dpo.run_shard(cfg, 0)
     return cfg, info
@@ -280,15 +289,32 @@ def run_dpo(work: Path, tiny_llama: Path, monkeypatch, **dpo_keys):
 
 def test_select_last_writes_what_it_did_and_judge_trains_the_same_weights(tmp_path, tiny_llama, monkeypatch,
                                                                           engines):
+    from srlm_hpc.training import loop
+
     judge, _ = engines
     last_cfg, last = run_dpo(tmp_path / "last", tiny_llama, monkeypatch, select="last")
     final = (model_path(last_cfg, 2) / "model.safetensors").read_bytes()
     assert Path(last.path) == model_path(last_cfg, 2) / "model.safetensors"
     assert not {"candidates", "select", "select.json"} & {p.name for p in last_cfg.stage_dir("dpo").iterdir()}
 
-    # select=judge, a candidate after every step: saving them changes no update (the final
-    # candidate equals select=last's model). The random model's answers hold none of the judge's
-    # words, so every comparison is a tie and the earliest candidate is kept.
+    # select=judge, a candidate after every step, the run killed after step 2's checkpoint and
+    # rerun: saving candidates changes no update and the kill loses none (the final candidate,
+    # trained by the resumed run, equals select=last's model). The random model's answers hold
+    # none of the judge's words, so every comparison is a tie and the earliest candidate is kept.
+    real_save = loop.save_checkpoint
+
+    def killed_after_step_2(ckpt_dir, model, optimizer, step, *a, **kw):
+        real_save(ckpt_dir, model, optimizer, step, *a, **kw)
+        if step == 2:
+            raise KeyboardInterrupt("killed after the checkpoint of step 2")
+
+    monkeypatch.setattr(loop, "save_checkpoint", killed_after_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_dpo(tmp_path / "judge", tiny_llama, monkeypatch, select="judge", eval_every=1)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    cands = dpo_select.candidates_dir(make_cfg(tmp_path / "judge", tiny_llama))
+    assert sorted(p.name for p in cands.iterdir()) == ["step-00000001", "step-00000002"]
+
     seen = {}
     real_selected = dpo_select.selected_model
 
@@ -300,7 +326,28 @@ def test_select_last_writes_what_it_did_and_judge_trains_the_same_weights(tmp_pa
     judge_cfg, got = run_dpo(tmp_path / "judge", tiny_llama, monkeypatch, select="judge", eval_every=1)
     assert seen[3] == final and seen[1] != final
     result = read_json(judge_cfg.stage_dir("dpo") / "select.json")
-    assert [r["step"] for r in result["candidates"]] == [1, 2, 3]
-    assert (model_path(judge_cfg, 2) / "model.safetensors").read_bytes() == seen[result["winner_step"]]
+    assert [(r["step"], r["tie"]) for r in result["candidates"]] == [(1, N_PROMPTS), (2, N_PROMPTS), (3, N_PROMPTS)]
+    assert result["winner_step"] == 1
+    assert (model_path(judge_cfg, 2) / "model.safetensors").read_bytes() == seen[1]
     assert Path(got.path) == model_path(judge_cfg, 2) / "model.safetensors"
     assert not dpo_select.candidates_dir(judge_cfg).exists()
+
+
+def test_a_kill_between_select_json_and_the_rename_finishes_from_the_saved_verdicts(tmp_path, words, tiny_llama,
+                                                                                   engines, monkeypatch):
+    judge, calls = engines
+    cfg, _ = setup_run(tmp_path, words, tiny_llama, ["red", "blue"])
+    real_replace = dpo_select.replace_dir
+
+    def killed(*a):
+        raise KeyboardInterrupt("killed before the winner was renamed")
+
+    monkeypatch.setattr(dpo_select, "replace_dir", killed)
+    with pytest.raises(KeyboardInterrupt):
+        dpo_select.selected_model(cfg, 2)
+    done = (judge.calls, dict(calls))
+    monkeypatch.setattr(dpo_select, "replace_dir", real_replace)
+    model = dpo_select.selected_model(cfg, 2)
+    assert (judge.calls, calls) == done  # every answer and verdict read back
+    assert (model / "model.safetensors").read_bytes() == (words["blue"] / "model.safetensors").read_bytes()
+    assert dpo_select.selected_model(cfg, 2) == model  # and once more: nothing left to do
