@@ -91,6 +91,7 @@ class ShardState:
     finished: float | None = None
     output: dict | None = None  # FileInfo of the shard's output when done, with its parts and digest
     inputs: list[dict] = field(default_factory=list)  # upstream outputs it read: iter, stage, shard, digest
+    timing: dict = field(default_factory=dict)  # model loads and generated tokens of the done attempt (timing.py)
     config: str = ""  # fingerprint of the config keys that shaped the output (fingerprint.py)
     error: str = ""
     traceback_tail: str = ""
@@ -290,7 +291,7 @@ class StageManifest:
             self.claim_path(shard, earlier).unlink(missing_ok=True)  # folder of 10,000 shards' files)
         now = time.time()
         st.state, st.attempt, st.started, st.heartbeat, st.log = "running", attempt, now, now, log
-        st.finished, st.error, st.traceback_tail, st.output, st.inputs = None, "", "", None, []
+        st.finished, st.error, st.traceback_tail, st.output, st.inputs, st.timing = None, "", "", None, [], {}
         st.owner, st.config = owner, config
         for k, v in job_identity().items():
             setattr(st, k, v)
@@ -349,11 +350,12 @@ class StageManifest:
         return True
 
     def mark_done(self, shard: int, info: FileInfo | dict, owner: str | None = None,
-                  inputs: list[dict] | None = None) -> ShardState:
+                  inputs: list[dict] | None = None, timing: dict | None = None) -> ShardState:
         st = self._owned(shard, owner)
         st.state, st.finished = "done", time.time()
         st.output = info if isinstance(info, dict) else describe_output(info)
         st.inputs = list(inputs or [])
+        st.timing = dict(timing or {})
         st.error = st.traceback_tail = ""
         return self._put(st)
 

@@ -81,8 +81,13 @@ def base_model_path(cfg: Config) -> Path:
     if cfg.run.model == "default":
         from .log import library_output
 
-        with library_output():  # the GGUF loader's progress bars go to the shard's log
-            return convert_default_model(cfg.work_dir / "models" / "M0")
+        from .timing import model_load
+
+        dest = cfg.work_dir / "models" / "M0"
+        if (dest / "config.json").exists():
+            return dest
+        with library_output(), model_load("convert", dest):  # the GGUF loader's bars go to the shard's log
+            return convert_default_model(dest)
     path = Path(cfg.run.model).expanduser()
     if not (path / "config.json").exists():
         raise ModelNotFoundError(f"model={cfg.run.model}: not a Hugging Face model folder (no config.json)")
@@ -128,7 +133,9 @@ def load_model(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch
     kwargs = {"attention_dropout": dropout} if dropout is not None else {}
     from .log import library_output
 
-    with library_output():  # transformers' "Loading weights" bar goes to the shard's log
+    from .timing import model_load
+
+    with library_output(), model_load("model", path):  # transformers' "Loading weights" bar goes to the shard's log
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs)
     return model.to(device)
 

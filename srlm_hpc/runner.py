@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from . import timing
 from .config import Config, env_threads
 from .log import say, shard_log, shard_log_path
 from .files import file_info, output_digest, sweep_temps
@@ -229,8 +230,8 @@ def run_shard(cfg: Config, stage: str, shard: int, log: str = "", rank: int = 0,
     t0 = time.time()
     try:
         with shard_log(cfg, stage, shard, man.get(shard).attempt) as log_path, recording_reads() as reads, \
-                heartbeat(man, shard, cfg.slurm.heartbeat_s, owner), ray_head_if_needed(cfg, stage, world), \
-                training_identity(cfg, stage, config):
+                timing.recording() as spent, heartbeat(man, shard, cfg.slurm.heartbeat_s, owner), \
+                ray_head_if_needed(cfg, stage, world), training_identity(cfg, stage, config):
             info = get_stage(stage).run_shard(cfg, shard)
     except BaseException as e:
         say(f"[{stage}] shard {shard}: stopped after {time.time() - t0:.1f}s by {type(e).__name__}; "
@@ -245,12 +246,13 @@ def run_shard(cfg: Config, stage: str, shard: int, log: str = "", rank: int = 0,
         raise
     fault_point("before-mark-done")  # the output is renamed into place; the manifest does not know yet
     try:
-        man.mark_done(shard, info, owner=owner, inputs=reads + read_models(cfg, stage))
+        man.mark_done(shard, info, owner=owner, inputs=reads + read_models(cfg, stage), timing=spent)
     except OwnershipLostError as e:
         print(f"[{stage}] {e}", flush=True)
         return
-    say(f"[{stage}] shard {shard}: done, {info.records} records, {info.bytes} bytes in {time.time() - t0:.1f}s "
-        f"(log: {log_path})")
+    loads = f", {spent['model_loads']} model load(s) {spent['model_load_s']:.1f}s" if spent["model_loads"] else ""
+    say(f"[{stage}] shard {shard}: done, {info.records} records, {info.bytes} bytes in {time.time() - t0:.1f}s"
+        f"{loads} (log: {log_path})")
     finish_stage_if_complete(cfg, stage)
 
 

@@ -5,6 +5,8 @@ doing (chunk or step, rate, ETA), and the shards to look at, with their logs.
     python -m srlm_hpc.status preset=demo --json           # the same facts, for programs
     python -m srlm_hpc.status work_dir=runs/demo --verify  # hash every output file again (default: only
                                                            # files whose size, mtime or inode changed)
+    python -m srlm_hpc.status work_dir=runs/demo --timing  # and where the time went: wall, model loads,
+                                                           # tokens/s per stage (timing.py; in --json too)
     until python -m srlm_hpc.status work_dir=runs/r1; do sleep 60; done   # wait for the run
 
 Exit status: 0 when every planned shard of the run is done and verified; 1 when any is
@@ -193,14 +195,18 @@ def outcome_after_wait(work) -> int:
 
 
 def _status(argv: list[str]) -> int:
-    want_json, verify = "--json" in argv, "--verify" in argv
-    cfg = config_from_cli([a for a in argv if a not in ("--json", "--verify")])
+    from . import timing
+
+    want_json, verify, want_timing = "--json" in argv, "--verify" in argv, "--timing" in argv
+    cfg = config_from_cli([a for a in argv if a not in ("--json", "--verify", "--timing")])
     if cfg is None:
         return EXIT_USAGE
     rows = report(cfg.manifest_root, cfg.slurm.stale_after_s, cfg.slurm.max_retries, verify=verify)
     code = exit_code(rows)
+    # the timing table reads every shard's entry again and the training logs: asked for, not by default
+    times = timing.run_timing(cfg.manifest_root, cfg.work_dir) if want_timing else None
     if want_json:
-        print(json.dumps(as_json(cfg, rows, code), indent=1))
+        print(json.dumps({**as_json(cfg, rows, code), **({"timing": times} if want_timing else {})}, indent=1))
         return code
     print(f"run {cfg.run.run!r}, manifests in {cfg.manifest_root}")
     if not rows:
@@ -208,6 +214,8 @@ def _status(argv: list[str]) -> int:
               f"yet", file=sys.stderr)
         return code
     print_report(rows)
+    if want_timing:
+        timing.print_timing(times)
     return code
 
 

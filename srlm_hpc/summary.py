@@ -131,8 +131,13 @@ def write_run_summary(cfg: Config) -> dict:
     judges = sorted({(h.get("judge_model"), h.get("judge_fingerprint")) for k in _iterations(cfg)
                      if (m := _maybe(cfg.stage_dir("eval", k) / "metrics.json"))
                      for h in m.get("head_to_head", {}).values()}, key=str)
+    from .timing import run_timing
+
     out = {"run": cfg.run.run, "work_dir": str(cfg.work_dir), "models": model_rows(cfg),
            "head_to_head_judges": [{"model": n, "fingerprint": fp} for n, fp in judges],
+           # where the time went, per iteration and stage (timing.py): this file's bytes are not
+           # compared across runs (iter<k>/summary.json's are, so no timing goes there)
+           "timing": run_timing(cfg.manifest_root, cfg.work_dir),
            "notes": {"reward_modeling": "pooled over replies (pairs); *_per_prompt: mean of per-prompt values",
                      "pairs_trained_on": "pairs of the iteration whose DPO made this model",
                      "judge_parse_rate": "share of held-out judge samples with a valid score (this model as judge)",
@@ -190,6 +195,10 @@ def print_run_summary(summary: dict, out=None) -> None:
     judges = ", ".join(j["model"] for j in summary["head_to_head_judges"]) or "-"
     print(f"head-to-head judge: {judges}; parse% = held-out judge samples parsed; pairs = pairs the model was "
           f"trained on; correlations pooled over replies", file=out)
+    if summary.get("timing"):
+        from .timing import print_timing
+
+        print_timing(summary["timing"], out)
 
 
 def main(argv: list[str] | None = None) -> int:

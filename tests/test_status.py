@@ -117,3 +117,24 @@ def test_eft_stage_is_shown(tmp_path, capsys, monkeypatch):
     StageManifest(cfg.manifest_root, 1, "eft").write_plan(2, {})
     assert status([f"work_dir={tmp_path}"]) == 3
     assert "   1 eft             2      0" in capsys.readouterr().out
+
+
+def test_timing_prints_each_stages_wall_loads_and_tokens_per_second(run, capsys):
+    """--timing: a table after the shard counts, from the shards' recorded start, end and
+    timing; in --json too. Shard 0 ran 100 -> 130 s, shard 1 110 -> 150 s."""
+    cfg, man, args = run
+    for shard, (start, end, tokens) in enumerate([(100.0, 130.0, 600), (110.0, 150.0, 1000)]):
+        st = man.get(shard)
+        st.started, st.finished = start, end
+        st.timing = {"model_loads": 1, "model_load_s": 2.5, "generated_tokens": tokens, "generate_s": 20.0}
+        man._put(st)
+    assert status(args) == 3
+    out = capsys.readouterr().out
+    assert "where the time went" not in out  # not by default: the table reads every entry again
+    assert status([*args, "--timing"]) == 3
+    out = capsys.readouterr().out
+    # wall 100 -> 150 = 50 s, 30 + 40 = 70 shard-s, 2 loads of 2.5 s, 1,600 tokens in 40 s of generate
+    assert "   1 prompts         2     50.0     70.0     2     5.0     1600     40.0" in out.split("where the time")[1]
+    assert status([*args, "--timing", "--json"]) == 3
+    (row,) = json.loads(capsys.readouterr().out)["timing"]
+    assert (row["wall_s"], row["shard_s"], row["model_loads"], row["tokens_per_s"]) == (50.0, 70.0, 2, 40.0)

@@ -34,8 +34,9 @@ def make_engine(name: str, model_path: str, device: str, batch_size: int = 8, vl
     """`vllm` is the config's VLLMConfig section (defaults when None). What the engine prints
     while it loads (progress bars, config dumps, C++ warnings) goes to the shard's log."""
     from ..log import library_output
+    from ..timing import model_load
 
-    with library_output():
+    with library_output(), model_load("engine", model_path):
         return _make_engine(resolve_engine_name(name), model_path, device, batch_size, vllm)
 
 

@@ -21,15 +21,24 @@ def current_model(cfg: Config, override: str = "") -> Path:
 
 
 def engine_for(cfg: Config, path: Path, batch_size: int) -> Engine:
-    """One engine per (engine, model) per process: a local run of many shards loads it once."""
+    """One engine per (engine, model) per process: a local run of many shards loads it once.
+    The batch size is not part of the key: only the hf engine uses it (to cut a call into
+    batches, seeded per batch), and it is set on the engine for each caller. In the demo the
+    judge (batch 32) used to reload M_k after prompts and responses (batch 8): one vLLM start
+    of ~3-5 s per iteration."""
     from ..models import resolve_device
+    from ..timing import CountingEngine
 
-    key = (resolve_engine_name(cfg.run.engine), str(path), batch_size, cfg.vllm)
+    key = (resolve_engine_name(cfg.run.engine), str(path), cfg.vllm)
     if key not in _ENGINES:
         for old in list(_ENGINES):
             _ENGINES.pop(old).close()
-        _ENGINES[key] = make_engine(key[0], str(path), resolve_device(cfg.run.device), batch_size, cfg.vllm)
-    return _ENGINES[key]
+        _ENGINES[key] = CountingEngine(make_engine(key[0], str(path), resolve_device(cfg.run.device), batch_size,
+                                                   cfg.vllm))
+    engine = _ENGINES[key]
+    if hasattr(engine.engine, "batch_size"):
+        engine.engine.batch_size = batch_size
+    return engine
 
 
 def start_training(cfg: Config, section) -> int:
