@@ -109,7 +109,7 @@ def check_plan(cfg: Config) -> None:
 
 
 # ---- answers and verdicts ------------------------------------------------------------------------
-def work_dir(cfg: Config, previous: Path, judge: Path, prompts: list[dict]) -> Path:
+def select_dir(cfg: Config, previous: Path, judge: Path, prompts: list[dict]) -> Path:
     """<stage_dir>/select/<digest>/: the digest covers everything that shapes the answers and
     verdicts (prompts, models, sampling, judge method), so a changed setting never reuses them."""
     from ..engines import resolve_engine_name
@@ -204,7 +204,7 @@ def select_checkpoint(cfg: Config, candidates: list[tuple[int, Path]]) -> dict:
                    candidates=[{"step": step, "win": None, "tie": None, "loss": None, "n": 0, "score": None}])
     else:
         prompts = validation_prompts(cfg)
-        work = work_dir(cfg, previous, judge, prompts)
+        work = select_dir(cfg, previous, judge, prompts)
         atomic_write_json(work / "settings.json", {"candidates": [s for s, _ in candidates], "n_prompts": len(prompts)})
         todo = [(s, p) for s, p in candidates if not (work / f"step-{s:08d}.verdicts.jsonl").exists()]
         # Each model loads once, the judge last: M_k's answers, every unjudged candidate's, then verdicts.
