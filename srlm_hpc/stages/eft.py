@@ -4,7 +4,8 @@ The SFT baseline trained on IFT only (eft.model) writes a justification and a sc
 paper's judge prompt, for every ranked reply of the EFT-train prompts (data.oasst.split_oasst:
 not in IFT, not held out). `finalize` then keeps a prompt's examples only when the order of
 its scores agrees with the human ranking (every reply scored, no ties: metrics.ranking_matches),
-thins out the most common score, and writes <work_dir>/iter<k>/eft/eft_train.jsonl in the
+drops the judgements cut at judge.max_tokens (as SFT targets they would teach stopping
+mid-sentence, the EOS appended after the cut), thins out the most common score, and writes <work_dir>/iter<k>/eft/eft_train.jsonl in the
 format the sft stage reads (sft.eft_path=...).
 
     python -m srlm_hpc.data.oasst source=/shared/oasst1 out=data/oasst       # IFT file, counts
@@ -34,7 +35,6 @@ from .judge import judge_sets
 STAGE = "eft"
 
 
-# The lead moves this into config.py as `Config.eft`; until then `eft_config` falls back to it.
 def eft_config(cfg: Config) -> EFTConfig:
     return cfg.eft
 
@@ -72,7 +72,7 @@ def run_shard(cfg: Config, shard: int) -> FileInfo:
                                 seed=shard_seed(cfg.run.seed, cfg.run.iter, STAGE, shard, c))
         return [{"tree_id": t["tree_id"], "prompt_id": t["prompt_id"], "prompt": t["prompt"],
                  "replies": [{"id": x["id"], "text": x["text"], "rank": x["rank"], "judgement": r.judge_texts[0],
-                              "score": r.score} for x, r in zip(t["replies"], s.responses)]}
+                              "finish_reason": (r.judge_finish_reasons or ["stop"])[0], "score": r.score} for x, r in zip(t["replies"], s.responses)]}
                 for t, s in zip(chunk, judge_sets(eng, sets, params))]
 
     return run_chunked(out, turns, max(1, f.batch_size // 3), judge_chunk, desc=f"eft shard {shard}")
@@ -82,12 +82,16 @@ def finalize(cfg: Config) -> dict:
     """Agreement filter and rebalancing over every verified shard -> eft_train.jsonl + stats.json."""
     judged = [rec for info in upstream_outputs(cfg, STAGE) for rec in iter_jsonl(info.path)]
     kept, counts = agreement_filter(judged)
+    # A cut judgement still counts toward its prompt's agreement (its score was parsed), but it
+    # is not a training target. Shards written before finish reasons were kept read as "stop".
+    replies = [(t, x) for t in kept for x in t["replies"]]
+    cut = sum(x.get("finish_reason", "stop") == "length" for _, x in replies)
     examples = [{"id": x["id"], "prompt": judge_prompt(t["prompt"], x["text"]), "response": x["judgement"],
-                 "score": x["score"]} for t in kept for x in t["replies"]]
+                 "score": x["score"]} for t, x in replies if x.get("finish_reason", "stop") != "length"]
     balanced = rebalance(examples, eval_config(cfg).split_seed)
     path = cfg.stage_dir(STAGE) / "eft_train.jsonl"
     write_jsonl(path, sft_rows(balanced))
-    stats = {**counts, "examples_agreeing": len(examples), "examples": len(balanced),
+    stats = {**counts, "examples_cut": cut, "examples_agreeing": len(examples), "examples": len(balanced),
              "scores_before": dict(sorted(Counter(str(e["score"]) for e in examples).items())),
              "scores_after": dict(sorted(Counter(str(e["score"]) for e in balanced).items())),
              "sft_eft_path": str(path)}

@@ -16,11 +16,7 @@ from srlm_hpc.templates import judge_prompt
 def make_cfg(work, tiny_llama, **kw):
     cfg = build_config({"work_dir": str(work), "model": str(tiny_llama), "engine": "hf", "device": "cpu",
                         "judge.max_tokens": 6})
-    section = dataclasses.replace(eft.eft_config(cfg), model=str(tiny_llama), **kw)
-    if "eft" in {f.name for f in dataclasses.fields(cfg)}:
-        return dataclasses.replace(cfg, eft=section)
-    object.__setattr__(cfg, "eft", section)  # until the lead adds Config.eft
-    return cfg
+    return dataclasses.replace(cfg, eft=dataclasses.replace(cfg.eft, model=str(tiny_llama), **kw))
 
 
 def test_shard_judges_every_ranked_reply_once(tmp_path, tiny_llama):
@@ -31,7 +27,9 @@ def test_shard_judges_every_ranked_reply_once(tmp_path, tiny_llama):
     assert len(recs) == 2
     for rec in recs:
         assert len(rec["replies"]) >= 2
-        assert all(isinstance(x["judgement"], str) and set(x) == {"id", "text", "rank", "judgement", "score"}
+        # judge.max_tokens=6: a random tiny model never ends a judgement that soon
+        assert {x["finish_reason"] for x in rec["replies"]} == {"length"}
+        assert all(isinstance(x["judgement"], str) and set(x) == {"id", "text", "rank", "judgement", "finish_reason", "score"}
                    for x in rec["replies"])
 
 
@@ -56,3 +54,22 @@ def test_finalize_filters_rebalances_and_writes_sft_format(tmp_path, tiny_llama)
     pairs = load_seed("eft", stats["sft_eft_path"])
     assert len(pairs) == 4 and all(p["response"].endswith(("Score: 2", "Score: 3", "Score: 4", "Score: 5")) for p in pairs)
     assert judge_prompt("Question 1?", "reply 0") in {p["prompt"] for p in pairs}
+
+
+def test_finalize_keeps_a_cut_judgement_out_of_the_training_targets(tmp_path, tiny_llama):
+    cfg = make_cfg(tmp_path / "run", tiny_llama, max_prompts=2, shard_size=2)
+    replies = [{"id": "t0-0", "text": "best", "rank": 0, "judgement": "Good.\nScore: 5", "finish_reason": "stop",
+                "score": 5},
+               {"id": "t0-1", "text": "middle", "rank": 1, "judgement": "Score: 3 because the answer is",
+                "finish_reason": "length", "score": 3},
+               {"id": "t0-2", "text": "worst", "rank": 2, "judgement": "Poor.\nScore: 1", "score": 1}]  # an older shard
+    man = StageManifest(cfg.manifest_root, 1, "eft")
+    man.write_plan(*eft.plan(cfg))
+    man.mark_running(0)
+    man.mark_done(0, write_jsonl(cfg.stage_dir("eft") / "shard-00000.jsonl",
+                                 [{"tree_id": "t0", "prompt_id": "t0", "prompt": "Q?", "replies": replies}]))
+    stats = eft.finalize(cfg)
+    # the cut reply's score still decides the prompt's agreement (5 > 3 > 1), but it is no target
+    assert (stats["agree"], stats["examples_cut"], stats["examples_agreeing"]) == (1, 1, 2)
+    targets = {p["response"] for p in load_seed("eft", stats["sft_eft_path"])}
+    assert targets == {"Good.\nScore: 5", "Poor.\nScore: 1"}
