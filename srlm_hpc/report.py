@@ -186,7 +186,7 @@ def plot_score_hists(data: dict, out: Path) -> str:
 
 def plot_lengths(data: dict, out: Path, rows: list[dict] = ()) -> str:
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
     dists, labels = [], []
     for k in data:
         length = (data[k]["eval"] or {}).get("length") or {}
@@ -200,19 +200,31 @@ def plot_lengths(data: dict, out: Path, rows: list[dict] = ()) -> str:
     if dists:
         axes[0].boxplot(dists, showmeans=True)
         axes[0].set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
-    axes[0].set_title("Response length (tokens); triangle = mean")
+    axes[0].set_title("Answer length (tokens); triangle = mean")
     sized = [r for r in rows if (r.get("length") or {}).get("mean_chars") is not None]
     axes[1].plot([r["model"] for r in sized], [r["length"]["mean_chars"] for r in sized], "o-",
                  label="run: held-out answers")
     paper = [(r["model"], PAPER_LENGTH_CHARS[r["model"]]) for r in sized if r["model"] in PAPER_LENGTH_CHARS]
     if paper:
         axes[1].plot([n for n, _ in paper], [v for _, v in paper], "x--", alpha=0.5, label="paper: AlpacaEval")
-    axes[1].set_title("Mean answer length per model (characters)")
+    # Tokens beside characters: the paper's numbers are characters, our models' own unit is
+    # tokens (SmolLM2's tokenizer: ~3-4 characters a token on English prose).
+    tokens = [r for r in sized if r["length"].get("mean_tokens") is not None]
+    if tokens:
+        right = axes[1].twinx()
+        right.plot([r["model"] for r in tokens], [r["length"]["mean_tokens"] for r in tokens], "s:", color="tab:green",
+                   label="run: held-out answers (tokens, right axis)")
+        right.set_ylabel("tokens")
+        right.set_ylim(bottom=0)
+        _legend(right, fontsize=8, loc="lower right")
+    axes[1].set_ylabel("characters")
+    axes[1].set_ylim(bottom=0)
+    axes[1].set_title("Mean answer length per model")
     _legend(axes[1], fontsize=8)
     ks, ratio = length_ratio_series(data)
     axes[2].plot([f"iter {k}" for k in ks], ratio, "o-", label="mean chosen / mean rejected tokens")
     axes[2].axhline(1.0, color="grey", lw=0.8)
-    axes[2].set_title("Length of the pairs (growth is the known failure)")
+    axes[2].set_title("Pair length ratio (growth: the known failure)")
     _legend(axes[2], fontsize=8)
     for ax in axes:
         ax.grid(alpha=0.3)
