@@ -20,6 +20,16 @@ def dpo_losses(cfg: Config) -> list[float]:
     return [json.loads(line)["loss"] for line in log.read_text().splitlines() if line.strip()]
 
 
+def dpo_checkpoint(cfg: Config) -> dict:
+    """Which weights became M_{k+1}: the last step's (dpo.select=last), or the candidate eval's
+    fixed judge preferred against M_k (dpo.select=judge: stages/dpo_select.py's select.json)."""
+    path = cfg.stage_dir("dpo") / "select.json"
+    if not path.exists():
+        return {"select": "last"}
+    result = read_json(path)
+    return {k: result.get(k) for k in ("select", "winner_step", "judged", "judge_model", "n_prompts", "candidates")}
+
+
 def write_summary(cfg: Config) -> dict:
     k = cfg.run.iter
     # The merger already counted responses, judge samples and pairs while streaming the
@@ -37,6 +47,7 @@ def write_summary(cfg: Config) -> dict:
         "dpo_steps": len(losses),
         "dpo_loss_first": losses[0] if losses else None,
         "dpo_loss_last": losses[-1] if losses else None,
+        "dpo_checkpoint": dpo_checkpoint(cfg),
         "model_in": str(model_path(cfg, k)),
         "model_out": str(model_path(cfg, k + 1)),
     }
@@ -44,10 +55,21 @@ def write_summary(cfg: Config) -> dict:
     return summary
 
 
+def _checkpoint_line(c: dict) -> str:
+    if c["select"] != "judge":
+        return "the last step's (dpo.select=last)"
+    won = next((r for r in c.get("candidates") or [] if r["step"] == c["winner_step"]), {})
+    if not c.get("judged"):
+        return f"step {c['winner_step']}, the only candidate"
+    return (f"step {c['winner_step']} of {len(c['candidates'])} candidates, W/T/L {won.get('win')}/{won.get('tie')}/"
+            f"{won.get('loss')} vs the previous model (judge {c.get('judge_model')})")
+
+
 def print_summary(summary: dict) -> None:
     rows = [("prompts", summary["n_prompts"]), ("responses", summary["n_responses"]),
             ("judge parse rate", f"{summary['judge_parse_rate']:.3f}"), ("pairs", summary["n_pairs"]),
             ("DPO loss first -> last", f"{summary['dpo_loss_first']:.4f} -> {summary['dpo_loss_last']:.4f}"),
+            ("checkpoint kept", _checkpoint_line(summary.get("dpo_checkpoint") or {"select": "last"})),
             ("model out", summary["model_out"])]
     print(f"\n=== iteration {summary['iter']} summary ===")
     for name, value in rows:

@@ -30,3 +30,21 @@ def test_the_run_summary_holds_where_the_time_went(tmp_path, capsys):
             row["tokens_per_s"]) == (1, "responses", 45.0, 1, 3.0, 900, 30.0)
     print_run_summary(summary)
     assert "   1 responses       1     45.0     45.0     1     3.0      900     30.0" in capsys.readouterr().out
+
+
+def test_the_iteration_summary_says_which_dpo_checkpoint_became_the_next_model(tmp_path):
+    from srlm_hpc.files import atomic_write_json
+    from srlm_hpc.summary import _checkpoint_line, dpo_checkpoint
+
+    cfg = build_config({"work_dir": str(tmp_path / "run"), "iter": "1"})
+    assert dpo_checkpoint(cfg) == {"select": "last"}
+    assert _checkpoint_line(dpo_checkpoint(cfg)) == "the last step's (dpo.select=last)"
+    rows = [{"step": 2, "win": 1, "tie": 0, "loss": 2, "unparsed": 0, "n": 3, "score": 1 / 3},
+            {"step": 4, "win": 2, "tie": 1, "loss": 0, "unparsed": 0, "n": 3, "score": 2.5 / 3}]
+    atomic_write_json(cfg.stage_dir("dpo") / "select.json", {
+        "select": "judge", "eval_every": 2, "judge_model": "M1", "judged": True, "n_prompts": 3,
+        "winner_step": 4, "candidates": rows, "tie_break": "earlier step"})
+    got = dpo_checkpoint(cfg)
+    assert got == {"select": "judge", "winner_step": 4, "judged": True, "judge_model": "M1", "n_prompts": 3,
+                   "candidates": rows}
+    assert _checkpoint_line(got) == "step 4 of 2 candidates, W/T/L 2/1/0 vs the previous model (judge M1)"
