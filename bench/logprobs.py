@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from _common import ROOT, cpu_model, reset_rss_peak, run_stamp, status_kib  # noqa: E402
+from _common import ROOT, LoadGuard, cpu_model, reset_rss_peak, run_stamp, status_kib, write_result  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 IGNORE = -100
@@ -215,7 +215,8 @@ def main() -> None:
         return
     repeats = args.repeats or (10 if args.device == "cpu" else 30)
 
-    load_start = os.getloadavg()  # other jobs on the machine skew CPU timings: recorded
+    guard = LoadGuard.start()  # other jobs on the machine skew CPU timings: refused when busy
+    load_start = os.getloadavg()
     methods = make_methods(args.device)
     case = Case(cfg, args.device)
     with torch.no_grad():
@@ -263,17 +264,23 @@ def main() -> None:
     print(table)
 
     out = Path(args.out or ROOT / "bench" / "results" / f"logprobs-{args.device}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
+    trl = next(n for n in results if n.startswith("trl"))
+    ours = results["srlm op"]
+    # time ratios, theirs / ours (> 1: ours faster), and ours' extra peak memory / theirs
+    headline = {f"{s}_speedup_vs_{ref}": round(results[name][s]["median_s"] / ours[s]["median_s"], 3)
+                for s in ("fwd+bwd", "dpo") for ref, name in (("naive", "naive fp32"), ("trl", trl))}
+    headline.update({f"dpo_extra_peak_memory_vs_{ref}": round(ours["extra_peak_bytes"]["dpo"] /
+                                                             max(results[name]["extra_peak_bytes"]["dpo"], 1), 3)
+                     for ref, name in (("naive", "naive fp32"), ("trl", trl))})
+    if not write_result(out, {
         **run_stamp(), "device": device_name(args.device), "torch": torch.__version__,
         "config": cfg, "repeats": repeats, "load_average_start_end": [load_start[0], load[0]], "copy_bandwidth_Bps": bw,
         "memory_method": ("torch.cuda.max_memory_allocated delta" if args.device == "cuda" else
                           "fresh subprocess per method; VmHWM - VmRSS after resetting the peak via "
                           "/proc/self/clear_refs, following a full-size warm-up"),
         "bytes_model": "active rows read once per pass; backward writes the full [B,T,V] gradient",
-        "results": results, "table": table}, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
-
+        "results": results, "table": table}, guard, headline=headline):
+        sys.exit(3)
 
 if __name__ == "__main__":
     main()
