@@ -10,6 +10,9 @@
   concatenation, written last; then the parts are removed. Parts left with another chunk
   size (a batch size changed between runs) are refused, not mixed in: chunk boundaries
   would no longer line up and records would repeat.
+- Generation chunks (one generate call each, independent of one another) are fed to the
+  engine together (`run_chunked_generation`, Engine.generate_chunks): it never drains
+  between chunks, and each part is written as soon as its chunk is done; same bytes.
 """
 
 from __future__ import annotations
@@ -126,15 +129,12 @@ def run_chunked(out_path: Path, items: Sequence, chunk_size: int, process: Calla
     bar = tqdm(range(n_chunks), desc=desc, unit="chunk")
     for c in bar:
         part = part_path(out_path, chunk_size, c)
-        if part.exists():
-            try:
-                saved = read_jsonl(part)
-                records += saved
-                if on_resume:
-                    on_resume(saved)
-                continue
-            except CorruptFileError:
-                part.unlink()  # written atomically, so only a disk fault gets here: redo it
+        saved = saved_part(part)
+        if saved is not None:
+            records += saved
+            if on_resume:
+                on_resume(saved)
+            continue
         chunk_records = process(list(items[c * chunk_size:(c + 1) * chunk_size]), c)
         write_jsonl(part, chunk_records)
         records += chunk_records
@@ -145,6 +145,55 @@ def run_chunked(out_path: Path, items: Sequence, chunk_size: int, process: Calla
     for c in range(n_chunks):
         part_path(out_path, chunk_size, c).unlink(missing_ok=True)
     return info
+
+
+def run_chunked_generation(out_path: Path, items: Sequence, chunk_size: int, engine,
+                           request: Callable[[list, int], tuple[list, object]],
+                           to_records: Callable[[list, int, list], list[dict]], desc: str) -> FileInfo:
+    """`run_chunked` for chunks that are one generate call each and independent of one another,
+    with the engine fed continuously: the missing chunks' calls go to `engine.generate_chunks`
+    as one stream, and each chunk's part is written as soon as its completions are done.
+
+    `request(chunk_items, c)` gives the chunk's (conversations, params); `to_records(chunk_items,
+    c, completions)` its output records. The parts and the final file are those of
+    `run_chunked(..., process=lambda items, c: to_records(items, c, engine.generate(*request(items,
+    c))))`, byte for byte: the same calls, fed together. A kill loses only the chunks not yet
+    written (the engine finishes them roughly in order), and a rerun generates only those."""
+    refuse_other_chunking(out_path, chunk_size)
+    n_chunks = max(1, -(-len(items) // chunk_size))
+    chunks = [list(items[c * chunk_size:(c + 1) * chunk_size]) for c in range(n_chunks)]
+    done = {c: saved for c in range(n_chunks) if (saved := saved_part(part_path(out_path, chunk_size, c))) is not None}
+    todo = [c for c in range(n_chunks) if c not in done]
+    t0, produced = time.time(), 0
+    bar = tqdm(total=n_chunks, initial=len(done), desc=desc, unit="chunk")
+    stream = engine.generate_chunks(request(chunks[c], c) for c in todo)
+    try:
+        for k, completions in stream:
+            c = todo[k]
+            done[c] = to_records(chunks[c], c, completions)
+            write_jsonl(part_path(out_path, chunk_size, c), done[c])
+            produced += len(done[c])
+            progress.update(len(done), n_chunks, "chunk")  # for status, through the heartbeat (progress.py)
+            bar.update(1)
+            bar.set_postfix(records=sum(map(len, done.values())), per_s=f"{produced / max(1e-9, time.time() - t0):.2f}")
+    finally:
+        stream.close()  # a failed write or record: the engine drops the chunks still in flight
+        bar.close()
+    info = write_jsonl(out_path, [rec for c in range(n_chunks) for rec in done[c]])
+    for c in range(n_chunks):
+        part_path(out_path, chunk_size, c).unlink(missing_ok=True)
+    return info
+
+
+def saved_part(part: Path) -> list[dict] | None:
+    """A finished chunk's records, None when it is missing (or damaged: then it is removed, to redo)."""
+    if not part.exists():
+        return None
+    try:
+        return read_jsonl(part)
+    except CorruptFileError:
+        part.unlink()  # written atomically, so only a disk fault gets here: redo it
+        return None
 
 
 def part_path(out_path: Path, chunk_size: int, chunk: int) -> Path:

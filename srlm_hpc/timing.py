@@ -76,6 +76,21 @@ class CountingEngine:
         note_generated(sum(c.n_tokens for samples in outs for c in samples), time.perf_counter() - t0)
         return outs
 
+    def generate_chunks(self, jobs):
+        """The engine's stream, each job counted as it comes out; the seconds are those spent
+        inside the engine (not in the caller's work between two jobs)."""
+        stream = self.engine.generate_chunks(jobs)
+        try:
+            while True:
+                t0 = time.perf_counter()
+                item = next(stream, None)
+                if item is None:
+                    return
+                note_generated(sum(c.n_tokens for samples in item[1] for c in samples), time.perf_counter() - t0)
+                yield item
+        finally:
+            stream.close()
+
     def __getattr__(self, name):
         return getattr(self.engine, name)
 

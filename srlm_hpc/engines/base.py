@@ -7,7 +7,7 @@ batches) and `vllm` (offline `vllm.LLM`). A stage never knows which one it has.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Iterable, Iterator, Protocol
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,9 @@ class Completion:
     finish_reason: str  # "stop" (end token or stop string) or "length" (hit max_tokens)
 
 
+Job = tuple[list[list[dict]], SamplingConfig]  # (conversations, params): the arguments of one generate call
+
+
 class Engine(Protocol):
     name: str
 
@@ -34,11 +37,25 @@ class Engine(Protocol):
         """For each conversation (chat messages), `params.n` completions of the assistant turn."""
         ...
 
+    def generate_chunks(self, jobs: Iterable[Job]) -> Iterator[tuple[int, list[list[Completion]]]]:
+        """Many `generate` calls fed to the engine as one stream: yields (index of the job in
+        `jobs`, its completions) as each job's last completion is done, in any order. Each
+        job's completions equal `generate(*job)`. `jobs` is read lazily (a job is taken when the
+        engine has room for it); close the iterator to drop the jobs still in flight."""
+        ...
+
     def count_tokens(self, text: str) -> int:
         ...
 
     def close(self) -> None:
         ...
+
+
+def generate_one_by_one(engine, jobs: Iterable[Job]) -> Iterator[tuple[int, list[list[Completion]]]]:
+    """`generate_chunks` as consecutive `generate` calls: for an engine that cannot take
+    several calls' requests at once (hf: each call is its own padded batches)."""
+    for i, (conversations, params) in enumerate(jobs):
+        yield i, engine.generate(conversations, params)
 
 
 class ChatTokenizing:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import ChatTokenizing, Completion, SamplingConfig
+from .base import ChatTokenizing, Completion, SamplingConfig, generate_one_by_one
 
 
 class HFEngine(ChatTokenizing):
@@ -33,6 +33,11 @@ class HFEngine(ChatTokenizing):
             generator_seed = (params.seed * 1_000_003 + start) % (2**63)
             out.extend(self._generate_batch(batch, params, generator_seed))
         return out
+
+    def generate_chunks(self, jobs):
+        """One call after the other: each call's batches are seeded from its own seed, so a
+        stream of calls makes exactly the text of the same calls made one by one."""
+        return generate_one_by_one(self, jobs)
 
     def _generate_batch(self, batch, params: SamplingConfig, seed: int) -> list[list[Completion]]:
         tok = self.tokenizer

@@ -32,8 +32,9 @@ import gc
 import json
 import os
 from pathlib import Path
+from typing import Iterable, Iterator
 
-from .base import ChatTokenizing, Completion, SamplingConfig
+from .base import ChatTokenizing, Completion, Job, SamplingConfig
 
 GiB = 1 << 30
 
@@ -48,6 +49,10 @@ _ENV_DEFAULTS = {
 }
 
 CPU_KV_CACHE_GB = 2.0  # without an explicit size the CPU worker reserves 90% of RAM
+
+# generate_chunks keeps up to this many times the scheduler's max_num_seqs samples in the
+# engine: a full batch running and as many queued to replace the samples that finish.
+FEED_WINDOW = 2
 
 
 def _model_max_len(model_path) -> int:
@@ -65,6 +70,13 @@ def stored_dtype(model_path) -> str:
 def _seed_for(seed: int, index: int, n: int) -> int:
     """Request `index`'s seed; vLLM gives its sample j seed+j, so every (i, j) differs."""
     return (seed * 1_000_003 + index * n) % (1 << 62)
+
+
+def _external_id(request_id: str) -> str:
+    """The id a RequestOutput carries for a request `LLM.enqueue` returned: vLLM 0.32 adds
+    "-<8 random characters>" to its own counter's number (InputProcessor.assign_request_id),
+    or nothing under VLLM_DISABLE_REQUEST_ID_RANDOMIZATION; the number has no "-"."""
+    return request_id.split("-", 1)[0]
 
 
 class VLLMEngine(ChatTokenizing):
@@ -141,13 +153,7 @@ class VLLMEngine(ChatTokenizing):
     def generate(self, conversations: list[list[dict]], params: SamplingConfig) -> list[list[Completion]]:
         if not conversations:
             return []
-        from vllm.inputs import TokensPrompt
-
-        prompts = [TokensPrompt(prompt_token_ids=ids) for ids in self.prompt_token_ids(conversations)]
-        sampling = [self._vllm.SamplingParams(
-            n=params.n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens,
-            seed=_seed_for(params.seed, i, params.n), stop=list(params.stop) or None,
-        ) for i in range(len(prompts))]
+        prompts, sampling = self._requests(conversations, params)
         # The prefix cache is kept across calls: later judge chunks reuse the ~540-token
         # rubric. A cache hit computes a prompt's logits by another path (cached KV blocks),
         # which could round otherwise, so emptying the cache before each call was tried for
@@ -157,7 +163,80 @@ class VLLMEngine(ChatTokenizing):
         # alike (and 0 on a third, warmer run). test_vllm_same_output_in_another_process (a
         # warm engine against a fresh process) guards it.
         outputs = self.llm.generate(prompts, sampling, use_tqdm=False)
-        return [[self._completion(c) for c in sorted(out.outputs, key=lambda c: c.index)] for out in outputs]
+        return [self._samples(out) for out in outputs]
+
+    def generate_chunks(self, jobs: Iterable[Job]) -> Iterator[tuple[int, list[list[Completion]]]]:
+        """Many calls' requests in the engine at once, so it never drains between a shard's
+        chunks (one `generate` per chunk of 8 prompts left the batch to shrink to the chunk's
+        slowest samples, then refill: 3.85x bare vLLM on one shard in bench/generate.py).
+
+        Jobs are taken while fewer than FEED_WINDOW x max_num_seqs samples are in flight
+        (always at least one job), and a job is yielded as soon as its last sample finishes.
+        Every request keeps the seed `generate` gives it (its job's seed and its index in the
+        job), so a job's completions are the same tokens `generate(*job)` makes: the batch a
+        sample shares changes nothing in it (tests/engines/test_feeding.py checks the bytes).
+        Closing the iterator early (an exception in the consumer) aborts the jobs in flight, so
+        the engine is left empty for the next caller."""
+        engine = self.llm.llm_engine
+        window = FEED_WINDOW * engine.vllm_config.scheduler_config.max_num_seqs
+        jobs = iter(jobs)
+        owner: dict[str, tuple[int, int]] = {}  # request id as the outputs carry it -> (job, position)
+        internal: dict[str, str] = {}  # the same id -> the id abort_request takes
+        slots: dict[int, list] = {}  # job -> its completions so far (None: not finished)
+        taken, in_flight, exhausted = 0, 0, False
+        try:
+            while True:
+                while not exhausted and (in_flight < window or not slots):
+                    job = next(jobs, None)
+                    if job is None:
+                        exhausted = True
+                        break
+                    k, (conversations, params) = taken, job
+                    taken += 1
+                    if not conversations:
+                        yield k, []
+                        continue
+                    slots[k] = [None] * len(conversations)
+                    for pos, rid in enumerate(self._enqueue(conversations, params)):
+                        owner[_external_id(rid)] = (k, pos)
+                        internal[_external_id(rid)] = rid
+                    in_flight += len(conversations) * params.n
+                if not slots:
+                    return
+                for out in engine.step():
+                    if not out.finished:
+                        continue
+                    if out.request_id not in owner:
+                        raise RuntimeError(f"vllm returned request {out.request_id!r}, which generate_chunks did "
+                                           f"not add: another caller is using this engine at the same time")
+                    k, pos = owner.pop(out.request_id)
+                    internal.pop(out.request_id)
+                    slots[k][pos] = self._samples(out)
+                    in_flight -= len(out.outputs)
+                    if all(s is not None for s in slots[k]):
+                        yield k, slots.pop(k)
+        finally:
+            if internal:
+                engine.abort_request(list(internal.values()), internal=True)
+
+    def _requests(self, conversations, params: SamplingConfig):
+        """The token prompts and the per-request sampling of one call (the seeds: _seed_for)."""
+        from vllm.inputs import TokensPrompt
+
+        prompts = [TokensPrompt(prompt_token_ids=ids) for ids in self.prompt_token_ids(conversations)]
+        sampling = [self._vllm.SamplingParams(
+            n=params.n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens,
+            seed=_seed_for(params.seed, i, params.n), stop=list(params.stop) or None,
+        ) for i in range(len(prompts))]
+        return prompts, sampling
+
+    def _enqueue(self, conversations, params: SamplingConfig) -> list[str]:
+        """Add one call's requests to the engine, as `LLM.generate` adds them, without running it."""
+        prompts, sampling = self._requests(conversations, params)
+        return self.llm.enqueue(prompts, sampling, use_tqdm=False)
+
+    def _samples(self, out) -> list[Completion]:
+        return [self._completion(c) for c in sorted(out.outputs, key=lambda c: c.index)]
 
     def _completion(self, c) -> Completion:
         n_tokens = len(c.token_ids)

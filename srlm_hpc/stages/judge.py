@@ -15,7 +15,7 @@ from ..engines import SamplingConfig
 from ..files import FileInfo
 from ..judge_parse import parse_score
 from ..schema import ResponseSet, mean_score
-from ..shards import run_chunked, shard_output, shard_seed, upstream_range
+from ..shards import run_chunked_generation, shard_output, shard_seed, upstream_range
 from ..templates import judge_messages
 from .common import current_model, engine_for
 
@@ -32,9 +32,17 @@ def plan(cfg: Config) -> tuple[int, dict]:
 
 def judge_sets(engine, sets: list[ResponseSet], params: SamplingConfig) -> list[ResponseSet]:
     """Fill judge_texts, judge_scores and score of every response in `sets`."""
-    flat = [(s, r) for s in sets for r in s.responses]
-    outs = engine.generate([judge_messages(s.prompt, r.text) for s, r in flat], params)
-    for (_, resp), samples in zip(flat, outs):
+    return fill_judgements(sets, engine.generate(judge_conversations(sets), params))
+
+
+def judge_conversations(sets: list[ResponseSet]) -> list[list[dict]]:
+    """The judge prompt of every response of `sets`, in order."""
+    return [judge_messages(s.prompt, r.text) for s in sets for r in s.responses]
+
+
+def fill_judgements(sets: list[ResponseSet], outs) -> list[ResponseSet]:
+    """Put the judge's samples (`outs`, one list per response of `sets` in order) into the responses."""
+    for resp, samples in zip([r for s in sets for r in s.responses], outs):
         resp.judge_texts = [o.text for o in samples]
         resp.judge_scores = [parse_score(o.text) for o in samples]
         resp.judge_finish_reasons = [o.finish_reason for o in samples]
@@ -51,9 +59,15 @@ def run_shard(cfg: Config, shard: int) -> FileInfo:
     # A chunk is a few prompts; each contributes n responses x k judge samples.
     per_chunk = max(1, j.batch_size // max(1, cfg.responses.n))
 
-    def judge_chunk(chunk: list[ResponseSet], c: int) -> list[dict]:
+    def request(chunk: list[ResponseSet], c: int):
         params = SamplingConfig(n=j.k, temperature=j.temperature, top_p=j.top_p, max_tokens=j.max_tokens,
                                 seed=shard_seed(cfg.run.seed, cfg.run.iter, STAGE, shard, c))
-        return [s.to_dict() for s in judge_sets(engine, chunk, params)]
+        return judge_conversations(chunk), params
 
-    return run_chunked(shard_output(cfg, STAGE, shard), sets, per_chunk, judge_chunk, desc=f"judge shard {shard}")
+    def to_records(chunk: list[ResponseSet], c: int, outs) -> list[dict]:
+        return [s.to_dict() for s in fill_judgements(chunk, outs)]
+
+    # The chunks are fed to the engine together (shards.run_chunked_generation): the rubric's
+    # ~540 tokens are one cached prefix for all of them, and each chunk is saved once done.
+    return run_chunked_generation(shard_output(cfg, STAGE, shard), sets, per_chunk, engine, request, to_records,
+                                  desc=f"judge shard {shard}")

@@ -14,7 +14,7 @@ from ..config import Config
 from ..engines import SamplingConfig
 from ..files import FileInfo
 from ..schema import PromptRecord, Response, ResponseSet
-from ..shards import run_chunked, shard_output, shard_seed, upstream_range
+from ..shards import run_chunked_generation, shard_output, shard_seed, upstream_range
 from .common import current_model, engine_for
 
 STAGE, UPSTREAM = "responses", "prompts"
@@ -47,17 +47,21 @@ def shard_prompts(cfg: Config, shard: int) -> list[PromptRecord]:
 
 
 def run_shard(cfg: Config, shard: int) -> FileInfo:
+    """The shard's chunks of responses.batch_size prompts, each seeded by its index, fed to the
+    engine together (shards.run_chunked_generation); each chunk is saved once it is done."""
     r = cfg.responses
     prompts = shard_prompts(cfg, shard)
     engine = engine_for(cfg, current_model(cfg), batch_size=r.batch_size)
 
-    def answer(chunk: list[PromptRecord], c: int) -> list[dict]:
+    def request(chunk: list[PromptRecord], c: int):
         params = SamplingConfig(n=r.n, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens,
                                 seed=shard_seed(cfg.run.seed, cfg.run.iter, STAGE, shard, c))
-        outs = engine.generate([[{"role": "user", "content": p.prompt}] for p in chunk], params)
+        return [[{"role": "user", "content": p.prompt}] for p in chunk], params
+
+    def to_records(chunk: list[PromptRecord], c: int, outs) -> list[dict]:
         return [ResponseSet(p.prompt_id, p.prompt, [
             Response(f"{p.prompt_id}-r{j}", o.text, o.n_tokens, o.finish_reason) for j, o in enumerate(samples)
         ]).to_dict() for p, samples in zip(chunk, outs)]
 
-    return run_chunked(shard_output(cfg, STAGE, shard), prompts, r.batch_size, answer,
-                       desc=f"responses shard {shard}")
+    return run_chunked_generation(shard_output(cfg, STAGE, shard), prompts, r.batch_size, engine, request,
+                                  to_records, desc=f"responses shard {shard}")
