@@ -26,6 +26,11 @@ class ScriptedEngine:
     def generate(self, conversations, params):
         return [[Completion("x", self.tokens, "stop")] * params.n for _ in conversations]
 
+    def generate_chunks(self, jobs):
+        from srlm_hpc.engines.base import generate_one_by_one
+
+        return generate_one_by_one(self, jobs)
+
 
 def test_a_load_inside_a_load_counts_once_and_nothing_is_kept_outside_a_shard():
     with timing.model_load("engine", "/m"):  # outside recording(): nowhere to go, no error
@@ -48,6 +53,11 @@ def test_a_counting_engine_adds_up_the_tokens_of_every_sample():
         engine.generate([[{"role": "user", "content": "b"}]], SamplingConfig(n=1))
     assert spent["generated_tokens"] == 7 * (3 * 4 + 1) and spent["generate_s"] >= 0
     assert engine.tokens == 7  # everything else is the engine's own
+    with timing.recording() as streamed:  # the continuous feed: each job counted as it comes out
+        jobs = [([[{"role": "user", "content": "a"}]] * 2, SamplingConfig(n=3)), ([[{"role": "user", "content": "b"}]],
+                                                                               SamplingConfig(n=1))]
+        done = [i for i, _ in engine.generate_chunks(iter(jobs))]
+    assert done == [0, 1] and streamed["generated_tokens"] == 7 * (2 * 3 + 1)
 
 
 def _done(man, shard, started, finished, spent):
