@@ -163,10 +163,13 @@ def headline(parts: dict, info: dict) -> dict:
     if "summary" in parts.get("tests", {}):
         h["cuda_tests"] = parts["tests"]["summary"]
     d = parts.get("dpo", {})
-    if d.get("ours") and d.get("trl"):
-        h["dpo_tokens_per_s_ours_over_trl"] = round(d["ours"]["tokens_per_s"] / d["trl"]["tokens_per_s"], 3)
-        if d["ours"].get("peak_MiB") and d["trl"].get("peak_MiB"):
-            h["dpo_peak_mem_ours_over_trl"] = round(d["ours"]["peak_MiB"] / d["trl"]["peak_MiB"], 3)
+    trl = d.get("trl") or {}
+    for name, suffix in (("ours", ""), ("ours_unshared", "_unshared")):  # ours = the stage's default, shared
+        ours = d.get(name) or {}
+        if ours.get("tokens_per_s") and trl.get("tokens_per_s"):
+            h[f"dpo_tokens_per_s_ours{suffix}_over_trl"] = round(ours["tokens_per_s"] / trl["tokens_per_s"], 3)
+        if ours.get("peak_MiB") and trl.get("peak_MiB"):
+            h[f"dpo_peak_mem_ours{suffix}_over_trl"] = round(ours["peak_MiB"] / trl["peak_MiB"], 3)
     return h
 
 
@@ -722,11 +725,14 @@ def _peak_mib(ctx: Ctx):
     return ctx.torch.cuda.max_memory_allocated() / 2**20 if ctx.device == "cuda" else None
 
 
-def dpo_ours(ctx: Ctx, model_dir, tok, encoded, plan, mb, bf16) -> dict:
+def dpo_ours(ctx: Ctx, model_dir, tok, encoded, plan, mb, bf16, share_prompt: bool) -> dict:
+    """Our DPO step as the stage runs it (stages/pair_scoring.pair_logps): the log-prob op, and
+    with share_prompt the prompt run once per pair under a tree mask (on CUDA, SDPA with that
+    mask cannot take the flash kernel: whether sharing still wins there is what this measures)."""
     torch = ctx.torch
     from srlm_hpc.models import load_model
-    from srlm_hpc.stages.dpo import pair_batch
-    from srlm_hpc.training.dpo_loss import dpo_loss, response_logps
+    from srlm_hpc.stages.pair_scoring import pair_logps
+    from srlm_hpc.training.dpo_loss import dpo_loss
 
     policy = load_model(model_dir, device=ctx.device, dropout=0.0).train()
     ref = load_model(model_dir, device=ctx.device).eval()
@@ -739,11 +745,10 @@ def dpo_ours(ctx: Ctx, model_dir, tok, encoded, plan, mb, bf16) -> dict:
         t0 = time.perf_counter()
         for i in range(0, len(idx_all), mb):
             idx = idx_all[i:i + mb]
-            batch = pair_batch(encoded, idx, tok.pad_token_id, ctx.device)
             with torch.autocast(ctx.device, dtype=torch.bfloat16, enabled=bf16):
-                lp = response_logps(policy, batch)
+                lp, _ = pair_logps(policy, encoded, idx, tok.pad_token_id, ctx.device, share_prompt)
                 with torch.no_grad():
-                    r = response_logps(ref, batch)
+                    r, _ = pair_logps(ref, encoded, idx, tok.pad_token_id, ctx.device, share_prompt)
             n = len(idx)
             losses, _, _ = dpo_loss(lp[:n], lp[n:], r[:n], r[n:], 0.1)
             (losses.sum() / len(idx_all)).backward()
@@ -752,7 +757,7 @@ def dpo_ours(ctx: Ctx, model_dir, tok, encoded, plan, mb, bf16) -> dict:
         opt.zero_grad(set_to_none=True)
         ctx.sync()
         times.append(time.perf_counter() - t0)
-    return {"step_s": times, "peak_MiB": _peak_mib(ctx)}
+    return {"step_s": times, "peak_MiB": _peak_mib(ctx), "share_prompt": share_prompt}
 
 
 def dpo_trl(ctx: Ctx, model_dir, tok, pairs, encoded, plan, mb, bf16) -> dict:
@@ -825,7 +830,8 @@ def part_dpo(ctx: Ctx) -> dict:
            "pairs_per_step": batch, "micro_batch": mb, "timed_steps": steps - 1,
            "reference": "a second model, forward every step, on both sides (TRL's default)"}
     real = sum(dpo_step.batch_tokens(encoded, idx, mb)[0] for idx in plan[1:])
-    for name, fn in (("ours", lambda: dpo_ours(ctx, model_dir, tok, encoded, plan, mb, bf16)),
+    for name, fn in (("ours", lambda: dpo_ours(ctx, model_dir, tok, encoded, plan, mb, bf16, share_prompt=True)),
+                     ("ours_unshared", lambda: dpo_ours(ctx, model_dir, tok, encoded, plan, mb, bf16, False)),
                      ("trl", lambda: dpo_trl(ctx, model_dir, tok, pairs, encoded, plan, mb, bf16))):
         try:
             r = fn()
@@ -837,7 +843,7 @@ def part_dpo(ctx: Ctx) -> dict:
         if ctx.device == "cuda":
             torch.cuda.empty_cache()
         print(name, out[name], flush=True)
-    bad = [k for k in ("ours", "trl") if out[k].get("status") == "failed"]
+    bad = [k for k in ("ours", "ours_unshared", "trl") if out[k].get("status") == "failed"]
     out["status"] = "failed" if bad else "passed"
     if bad:
         out["reason"] = f"failed: {bad}"
