@@ -94,11 +94,15 @@ def replace_dir(tmp: Path, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def temp_dir_beside(dest: Path) -> Path:
+def temp_dir_beside(dest: Path, suffix: str = ".tmp") -> Path:
     """A new, uniquely named, hidden folder beside `dest` to build it in: two writers (a
-    duplicate task, a requeued one whose old process lives) never share one."""
+    duplicate task, a requeued one whose old process lives) never share one. It gets the mode
+    mkdir would give (0777 less the umask), not mkdtemp's 0700, which renamed into place would
+    lock the group's other users out of a model or checkpoint."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=suffix, dir=dest.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
 
 
 def sweep_temps(folder: Path, names: tuple[str, ...]) -> list[str]:

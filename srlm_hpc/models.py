@@ -13,7 +13,6 @@ import hashlib
 import importlib.util
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -55,7 +54,7 @@ def convert_default_model(dest: Path) -> Path:
         with contextlib.suppress(OSError):
             if old.is_dir() and time.time() - old.stat().st_mtime > 3600:
                 shutil.rmtree(old, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    tmp = temp_dir_beside(dest, suffix="")
     try:
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
         # float32: the GGUF's 4-bit values times fp16 scales are exact in fp32, not all in bf16;

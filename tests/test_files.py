@@ -1,5 +1,9 @@
 import json
+import stat
 import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +53,24 @@ def test_corrupt_zstd_is_a_clear_error(tmp_path):
     (tmp_path / "s.jsonl.zst").write_bytes(data[: len(data) // 2])
     with pytest.raises(CorruptFileError, match="s.jsonl.zst"):
         list(iter_jsonl(tmp_path / "s.jsonl.zst"))
+
+
+@pytest.mark.parametrize("umask", [0o002, 0o077])
+def test_written_files_and_folders_take_the_umask_not_mkstemps_0600(tmp_path, umask):
+    """A shared group directory (umask 002) needs group-readable outputs: a file written
+    atomically and a folder built beside its destination and renamed into place (a model, a
+    checkpoint) get 0666/0777 less the umask. A fresh process: the umask is read once."""
+    code = textwrap.dedent(f"""
+        import os, sys
+        from pathlib import Path
+        os.umask({umask:#o})
+        from srlm_hpc.files import atomic_write_json, replace_dir, temp_dir_beside
+        out = Path(sys.argv[1])
+        atomic_write_json(out / "a.json", {{"x": 1}})
+        tmp = temp_dir_beside(out / "model")
+        (tmp / "w").write_text("w")
+        replace_dir(tmp, out / "model")
+    """)
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, cwd=Path(__file__).parents[1])
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o777 & ~umask
