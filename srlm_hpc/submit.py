@@ -64,10 +64,10 @@ def resolve_executor(cfg: Config) -> str:
 
 
 def wait_for_jobs(job_ids: list[str], poll_s: float = 5.0) -> None:
-    from .launch.slurm import queued_jobs
+    from .launch.slurm import queued_jobs_patiently  # a controller restart mid-wait is not a failure
 
     arrays = {j.split("_")[0] for j in job_ids}
-    while any(j.split("_")[0] in arrays for j in queued_jobs()):
+    while any(j.split("_")[0] in arrays for j in queued_jobs_patiently()):
         time.sleep(poll_s)
 
 

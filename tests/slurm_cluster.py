@@ -213,6 +213,56 @@ class SlurmCluster:
             what="queue to drain",
         )
 
+    # -- daemon faults (tests/chaos) -------------------------------------------
+    def daemon_pid(self, name: str) -> int | None:
+        """Pid of one of this cluster's daemons (slurmd, slurmctld...), from setup.sh's pid file."""
+        try:
+            return int((self.state_dir / "run" / f"{name}.pid").read_text().strip() or 0) or None
+        except (OSError, ValueError):
+            return None
+
+    def stop_daemon(self, name: str, sig: int = 15, timeout: float = 60) -> None:
+        """Send `sig` to one daemon of this cluster and wait until it is gone."""
+        pid = self.daemon_pid(name)
+        assert pid, f"{name} of this cluster is not running"
+        os.kill(pid, sig)
+        self.wait_for(lambda: not _alive(pid), timeout, what=f"{name} ({pid}) to exit")
+
+    def step_daemons(self) -> list[int]:
+        """slurmstepd processes of this cluster (their environment names our SLURM_CONF), as
+        setup.sh stop finds them."""
+        pids = []
+        for p in Path("/proc").glob("[0-9]*"):
+            try:
+                if (p / "comm").read_text().strip() != "slurmstepd":
+                    continue
+                env = (p / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"SLURM_CONF={self.conf}".encode() in env:
+                pids.append(int(p.name))
+        return pids
+
+    def ensure_up(self, timeout: float = 180) -> None:
+        """Start whatever daemon of this cluster is not running, the way the session fixture
+        does (setup.sh start starts only the missing ones, then waits for the node), and make
+        sure the node takes jobs: resumed if it went down or drained."""
+        env = {**os.environ, "SRLM_SLURM_STATE": str(self.state_dir)}
+        proc = _setup("start", env, timeout=timeout)
+        assert proc.returncode == 0, f"setup.sh start failed:\n{proc.stderr[-3000:]}"
+
+        def node_ok():
+            states = self.run(["sinfo", "-h", "-N", "-o", "%T"], check=False).stdout.split()
+            if states and all(s in ("idle", "mixed", "allocated", "completing") for s in states):  # no "*"
+                return True
+            if any(s.startswith(("down", "drain", "fail")) for s in states):
+                node = self.run(["sinfo", "-h", "-N", "-o", "%N"], check=False).stdout.split()
+                for n in node:
+                    self.run(["scontrol", "update", f"nodename={n}", "state=resume"], check=False)
+            return False
+
+        self.wait_for(node_ok, timeout, interval=1, what="the node to take jobs again")
+
     def debug_info(self) -> str:
         parts = []
         for cmd in (["squeue", "-l"], ["sinfo", "-N", "-l"]):
@@ -224,6 +274,16 @@ class SlurmCluster:
         if log.exists():
             parts.append("slurmctld.log (tail):\n" + "\n".join(log.read_text().splitlines()[-20:]))
         return "\n".join(parts)
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (a killed daemon lingers as one until the
+    container's init reaps it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _setup(action: str, env: Mapping[str, str], timeout: float) -> subprocess.CompletedProcess:

@@ -13,6 +13,8 @@ and the stages after it are not queued, since they could not start.
 from __future__ import annotations
 
 import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +59,32 @@ def queued_jobs() -> dict[str, str]:
         said = " ".join(proc.stderr.split())[-300:] or "no message"
         raise SlurmUnavailable(f"Slurm does not answer: `squeue` exited {proc.returncode}: {said}")
     return dict(line.split(maxsplit=1) for line in proc.stdout.splitlines() if line.strip())
+
+
+# How long a waiting submit bears a controller that does not answer: a slurmctld restart
+# recovers its state in seconds to a minute, a failover takes SlurmctldTimeout (120 s by
+# default); 15 min covers both with room, and still ends a wait on a cluster that is gone.
+WAIT_PATIENCE_S = 900.0
+
+
+def queued_jobs_patiently(patience_s: float = WAIT_PATIENCE_S, first_pause_s: float = 2.0) -> dict[str, str]:
+    """queued_jobs for a caller that waits on its jobs (submit wait=true). A controller that
+    does not answer (restarted, failing over, swamped) is asked again after 2, 4, 8 ... 60 s;
+    the jobs keep running meanwhile, so this is not a failure of the work. After patience_s
+    without an answer: SlurmUnavailable, one line, exit 1. (Without this, one squeue failure
+    during a slurmctld restart ended `submit wait=true` with exit 1 while its jobs ran on:
+    tests/chaos/test_slurm_faults.py.)"""
+    deadline = time.monotonic() + patience_s
+    pause = first_pause_s
+    while True:
+        try:
+            return queued_jobs()
+        except SlurmUnavailable as e:
+            if time.monotonic() + pause > deadline:
+                raise SlurmUnavailable(f"{e.squeue_error}, for {patience_s:.0f} s of retries") from e
+            print(f"note: {e.squeue_error}; asking again in {pause:g} s", file=sys.stderr, flush=True)
+            time.sleep(pause)
+            pause = min(2 * pause, 60.0)
 
 
 def max_array_size() -> int:

@@ -132,7 +132,12 @@ def temp_files(work: Path) -> list[str]:
 
 def stray_processes(base: Path) -> list[str]:
     """Processes still running whose command line names this run's folder."""
-    out = subprocess.run(["pgrep", "-af", str(work_of(base))], capture_output=True, text=True).stdout
+    return processes_naming(work_of(base))
+
+
+def processes_naming(work: Path) -> list[str]:
+    """Processes whose command line names `work` (a Slurm task's names its log folder there)."""
+    out = subprocess.run(["pgrep", "-af", str(work)], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if "pgrep" not in line]
 
 

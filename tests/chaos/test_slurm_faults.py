@@ -1,14 +1,23 @@
-"""Faults on the real one-node Slurm: plain-sbatch preemption during SFT, two submits at once.
+"""Faults on the real one-node Slurm: plain-sbatch preemption during SFT, two submits at once,
+a submit killed while queueing, `scancel` of a running task, slurmd killed and restarted
+mid-stage, slurmctld restarted while `submit wait=true` waits.
 
-(slurmd or slurmctld killed and restarted mid-stage are not here: the test cluster is shared
-by every Slurm test of the machine, and restarting its daemons is not a test's to do.)
+The daemon scenarios restart the shared test cluster's own daemons the way its fixture starts
+them (setup.sh start, which starts only what is missing: SlurmCluster.ensure_up) and leave the
+node taking jobs for the tests that follow. Every command that runs them holds
+/tmp/srlm-slurm.lock, so no other Slurm test runs meanwhile.
+
+slurmd killed: slurmstepd outlives slurmd by design (a slurmd restart keeps jobs running), so
+"the task dies with its node daemon" is a node crash: slurmd, every slurmstepd of this
+cluster and their processes are stopped, then killed (SIGKILL), and slurmd is started again.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -20,7 +29,7 @@ from srlm_hpc.config import build_config
 from srlm_hpc.launch.slurm import queued_jobs
 from srlm_hpc.manifest import StageManifest
 from srlm_hpc.submit import main as submit
-from tests.chaos.common import Clock, compare, leftovers, stray_processes, temp_files
+from tests.chaos.common import Clock, compare, leftovers, processes_naming, stray_processes, temp_files
 from tests.stages.test_pipeline_e2e import e2e_args
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -80,65 +89,253 @@ def slurm_args(work: Path) -> list[str]:
             "slurm.heartbeat_s=1"]
 
 
+SHARDS = {"prompts": 2, "responses": 4}  # what slurm_args makes: 8 prompts in 4s, 2 per responses shard
+
+
 def shard_files(work: Path) -> dict[str, bytes]:
-    return {f"{s}/{p.name}": p.read_bytes() for s in ("prompts", "responses")
+    return {f"{s}/{p.name}": p.read_bytes() for s in SHARDS
             for p in sorted((work / "iter1" / s).glob("shard-*.jsonl"))}
 
 
-def test_two_submits_at_once_queue_each_shard_once(slurm, tmp_path, tiny_llama, chaos_results):
-    import shutil
-
-    clock = Clock()
-    local, work = tmp_path / "local", tmp_path / "slurm"
-    for w in (local, work):
-        shutil.copytree(tiny_llama, w / "iter1" / "sft" / "model")
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_llama) -> dict[str, bytes]:
+    """The uninterrupted run of prompts and responses, here (executor=local): every scenario of
+    this module that runs slurm_args compares its outputs with these bytes."""
+    local = slurm_work(tmp_path_factory.mktemp("reference"), tiny_llama)
     assert submit(["stage=prompts,responses", "executor=local", *slurm_args(local)]) == 0
-    want = shard_files(local)
+    return shard_files(local)
 
-    cmd = [sys.executable, "-m", "srlm_hpc.submit", "stage=prompts,responses", "executor=slurm", *slurm_args(work)]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+
+def slurm_work(tmp_path: Path, tiny_llama: Path) -> Path:
+    """A work dir whose iteration 1 starts from tiny_llama as M1 (sft is not run)."""
+    work = tmp_path / "slurm"
+    shutil.copytree(tiny_llama, work / "iter1" / "sft" / "model")
+    return work
+
+
+def submit_cmd(work: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "srlm_hpc.submit", "stage=prompts,responses", "executor=slurm", *slurm_args(work),
+            *extra]
+
+
+def manifests(work: Path) -> dict[str, StageManifest]:
+    root = build_config({"work_dir": str(work)}).manifest_root
+    return {stage: StageManifest(root, 1, stage) for stage in SHARDS}
+
+
+def attempts(work: Path) -> dict[str, list[int]]:
+    """Each stage's shards' attempts, after asserting that every shard is done."""
+    out = {}
+    for stage, man in manifests(work).items():
+        states = man.states(SHARDS[stage])
+        assert [s.state for s in states] == ["done"] * SHARDS[stage], [(s.shard, s.state, s.error) for s in states]
+        out[stage] = [s.attempt for s in states]
+    return out
+
+
+def running_task(work: Path, stage: str):
+    """(shard, its Slurm job id) of a shard of `stage` that a task is running now, or None."""
+    man = manifests(work)[stage]
+    for st in man.states(SHARDS[stage]):
+        if st.state == "running" and st.job_id and not st.job_id.startswith("local-"):
+            return st.shard, st.job_id
+    return None
+
+
+def record(chaos_results, scenario: str, faults: dict, work: Path, want: dict, clock: Clock) -> dict:
+    """Compare the run's outputs with the reference, count what it left, and add the row to
+    bench/results/chaos.json; the test asserts on the returned row."""
+    row = {"scenario": scenario, "faults": faults, **compare(shard_files(work), want), "seconds": clock.seconds(),
+           "temp_files_left": len(temp_files(work)), "processes_left": len(processes_naming(work))}
+    chaos_results.append(row)
+    return row
+
+
+def assert_clean(row: dict, work: Path) -> None:
+    assert row["outputs_differing"] == 0 and row["records_lost"] == 0 and row["records_duplicated"] == 0, row
+    assert temp_files(work) == []
+    assert processes_naming(work) == []
+
+
+def test_two_submits_at_once_queue_each_shard_once(slurm, tmp_path, tiny_llama, reference, chaos_results):
+    clock = Clock()
+    work = slurm_work(tmp_path, tiny_llama)
+    procs = [subprocess.Popen(submit_cmd(work), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     slurm.wait_for(lambda: not queued_jobs(), timeout=600, interval=1, what="the queue to drain")
-    root = build_config({"work_dir": str(work)}).manifest_root
-    for stage, n in (("prompts", 2), ("responses", 4)):
-        states = StageManifest(root, 1, stage).states(n)
-        assert [s.state for s in states] == ["done"] * n
-        assert all(s.attempt == 1 for s in states), [(s.shard, s.attempt) for s in states]  # each ran once
+    assert attempts(work) == {"prompts": [1, 1], "responses": [1, 1, 1, 1]}  # each shard ran once
     # the second submit waited for the first's lock, then found every shard queued
     assert any("0 submitted" in o or "already queued" in o for o in outs), outs
-    got = compare(shard_files(work), want)
-    chaos_results.append({"scenario": "two submits at once", "faults": {"concurrent submit": 1}, **got,
-                          "seconds": clock.seconds(), "temp_files_left": len(temp_files(work)),
-                          "processes_left": 0})
-    assert got["outputs_differing"] == 0, got
-    assert temp_files(work) == []
+    row = record(chaos_results, "two submits at once", {"concurrent submit": 1}, work, reference, clock)
+    assert_clean(row, work)
 
 
 @pytest.mark.chaos_full
-def test_a_submit_killed_between_queueing_and_recording(slurm, tmp_path, tiny_llama, chaos_results):
+def test_a_submit_killed_between_queueing_and_recording(slurm, tmp_path, tiny_llama, reference, chaos_results):
     """The jobs are queued but their ids never reach the manifest: the next submit queues the
     shards again. Of the two tasks of a shard, one owns it; the other finds it running (its
     owner alive) or done, and backs off."""
-    import shutil
-
     clock = Clock()
-    local, work = tmp_path / "local", tmp_path / "slurm"
-    for w in (local, work):
-        shutil.copytree(tiny_llama, w / "iter1" / "sft" / "model")
-    assert submit(["stage=prompts,responses", "executor=local", *slurm_args(local)]) == 0
-    want = shard_files(local)
-    cmd = [sys.executable, "-m", "srlm_hpc.submit", "stage=prompts,responses", "executor=slurm", *slurm_args(work)]
-    killed = subprocess.run(cmd, env={**os.environ, "SRLM_FAULT_POINT": "after-queueing"}, capture_output=True)
+    work = slurm_work(tmp_path, tiny_llama)
+    killed = subprocess.run(submit_cmd(work), env={**os.environ, "SRLM_FAULT_POINT": "after-queueing"},
+                            capture_output=True)
     assert killed.returncode == -9
-    again = subprocess.run([*cmd, "wait=true"], capture_output=True, text=True)
+    again = subprocess.run(submit_cmd(work, "wait=true"), capture_output=True, text=True)
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
     slurm.wait_for(lambda: not queued_jobs(), timeout=600, interval=1, what="the queue to drain")
-    root = build_config({"work_dir": str(work)}).manifest_root
-    for stage, n in (("prompts", 2), ("responses", 4)):
-        assert [s.state for s in StageManifest(root, 1, stage).states(n)] == ["done"] * n
-    got = compare(shard_files(work), want)
-    chaos_results.append({"scenario": "submit killed while queueing", "faults": {"submit killed": 1}, **got,
-                          "seconds": clock.seconds(), "temp_files_left": len(temp_files(work)), "processes_left": 0})
-    assert got["outputs_differing"] == 0 and got["records_duplicated"] == 0, got
-    assert temp_files(work) == []
+    attempts(work)
+    row = record(chaos_results, "submit killed while queueing", {"submit killed": 1}, work, reference, clock)
+    assert_clean(row, work)
+
+
+def test_scancel_of_a_running_task_is_redone_once_by_the_rerun(slurm, tmp_path, tiny_llama, reference,
+                                                                chaos_results):
+    """`scancel` of one array task while it runs a responses shard: the waiting submit ends 1
+    (a shard is not done), and the same command again queues that shard alone, which runs a
+    second time; every other shard ran once, and the bytes are the uninterrupted run's."""
+    clock = Clock()
+    work = slurm_work(tmp_path, tiny_llama)
+    cmd = submit_cmd(work, "wait=true")
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    shard, job = slurm.wait_for(lambda: running_task(work, "responses"), timeout=600, interval=0.2,
+                                what="a responses task running its shard")
+    slurm.run(["scancel", job])
+    out = first.communicate(timeout=600)[0]
+    assert first.returncode == 1, out[-4000:]
+    assert "error: 1 shard(s) of the requested stages are not done" in out, out[-4000:]  # wait=true says which
+    assert f"iter 1 responses shard {shard:05d}" in out, out[-4000:]
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    assert "1 submitted" in again.stdout, again.stdout  # the cancelled shard alone
+    want_attempts = [2 if i == shard else 1 for i in range(SHARDS["responses"])]
+    assert attempts(work) == {"prompts": [1, 1], "responses": want_attempts}
+    assert manifests(work)["responses"].get(shard).failures == 1  # its job vanished while running
+    row = record(chaos_results, "scancel of a running task", {"scancel": 1}, work, reference, clock)
+    assert_clean(row, work)
+
+
+def process_tree(roots: list[int]) -> list[int]:
+    """`roots` and every process below them."""
+    children: dict[int, list[int]] = {}
+    for p in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(p.name))
+    out, todo = [], list(roots)
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
+def crash_node(slurm) -> int:
+    """What a node crash does to its jobs: slurmd, this cluster's slurmstepd processes and every
+    process below them stop at once (SIGSTOP, so none reacts), then die (SIGKILL). How many died."""
+    slurmd = slurm.daemon_pid("slurmd")
+    assert slurmd, "slurmd of the test cluster is not running"
+    victims = process_tree([slurmd, *slurm.step_daemons()])
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for pid in victims:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+    return len(victims)
+
+
+@pytest.mark.chaos_full
+def test_slurmd_killed_mid_stage_then_the_rerun_finishes(slurm, tmp_path, tiny_llama, reference, chaos_results):
+    """The node's slurmd dies with the tasks it runs, mid-responses (see the module docstring);
+    slurmd is started again at once, as the fixture starts it. The node never goes down, so
+    Slurm finds the lost batch tasks only at a later registration of the node ("missing from
+    batch node ... Requeuing job": about 5 min here), requeues them, and the requeued tasks
+    take over the shards of their dead owners; the waiting submit and the same command run
+    again both end with every shard done, the killed ones run again, and the bytes are the
+    uninterrupted run's. (Full suite only: it spends most of its ~6 min waiting for Slurm.)"""
+    clock = Clock()
+    work = slurm_work(tmp_path, tiny_llama)
+    cmd = submit_cmd(work, "wait=true")
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        shard, _ = slurm.wait_for(lambda: running_task(work, "responses"), timeout=600, interval=0.2,
+                                  what="a responses task running its shard")
+        assert crash_node(slurm) >= 2  # slurmd and at least the running task's slurmstepd
+        assert not stage_done_now(work, "responses")
+    finally:
+        slurm.ensure_up()
+    out = first.communicate(timeout=900)[0]
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, (out + again.stdout + again.stderr)[-4000:]
+    done = attempts(work)
+    assert done["responses"][shard] >= 2, done  # the killed shard ran again
+    row = record(chaos_results, "slurmd killed and restarted mid-stage", {"slurmd_restart": 1}, work, reference,
+                 clock)
+    assert_clean(row, work)
+    assert_node_takes_jobs(slurm)
+
+
+def stage_done_now(work: Path, stage: str) -> bool:
+    return all(s.state == "done" for s in manifests(work)[stage].states(SHARDS[stage]))
+
+
+def assert_node_takes_jobs(slurm) -> None:
+    states = slurm.run(["sinfo", "-h", "-N", "-o", "%T"]).stdout.split()
+    assert states and all(s in ("idle", "mixed", "allocated") for s in states), states
+
+
+CTLD_DOWN_S = 20  # 4 of wait=true's 5 s polls: several squeue calls fail, and back off
+
+
+@pytest.mark.chaos_full
+def test_slurmctld_restarted_while_submit_waits(slurm, tmp_path, tiny_llama, reference, chaos_results):
+    """slurmctld stopped (SIGTERM: it saves its state) for CTLD_DOWN_S while `submit wait=true`
+    waits on its jobs, then started again as the fixture starts it: the submit asks again with
+    a growing pause (queued_jobs_patiently), its jobs go on, and it exits 0 with the
+    uninterrupted run's bytes; no shard ran twice."""
+    clock = Clock()
+    work = slurm_work(tmp_path, tiny_llama)
+    waiting = subprocess.Popen(submit_cmd(work, "wait=true"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    try:
+        slurm.wait_for(lambda: running_task(work, "prompts"), timeout=600, interval=0.2,
+                       what="a prompts task running (responses queued behind it)")
+        slurm.stop_daemon("slurmctld", signal.SIGTERM)
+        time.sleep(CTLD_DOWN_S)
+        assert waiting.poll() is None, waiting.communicate()[0][-4000:]  # still waiting, not given up
+    finally:
+        slurm.ensure_up()
+    out = waiting.communicate(timeout=900)[0]
+    assert waiting.returncode == 0, out[-4000:]
+    assert "asking again" in out, out[-4000:]  # it did find the controller gone
+    assert attempts(work) == {"prompts": [1, 1], "responses": [1, 1, 1, 1]}
+    row = record(chaos_results, "slurmctld restarted while submit waits", {"slurmctld_restart": 1}, work,
+                 reference, clock)
+    assert_clean(row, work)
+    assert_node_takes_jobs(slurm)
+
+
+def test_a_controller_that_stays_silent_ends_the_wait_with_one_line(slurm_cluster, tmp_path, monkeypatch, capsys):
+    """The other side of the slurmctld restart: a controller that never answers (here a
+    slurm.conf naming a port nothing listens on, so the real squeue fails) is asked again with
+    a doubling pause, then gives up with one line, a WorkFailed (exit 1 under run_main)."""
+    from srlm_hpc.cli import WorkFailed
+    from srlm_hpc.launch.slurm import queued_jobs_patiently
+
+    conf = tmp_path / "slurm.conf"
+    text = re.sub(r"(?m)^SlurmctldPort=.*$", "SlurmctldPort=1", slurm_cluster.conf.read_text())
+    conf.write_text(re.sub(r"(?m)^MessageTimeout=.*$", "MessageTimeout=1", text))  # squeue fails at once
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    with pytest.raises(WorkFailed) as err:
+        queued_jobs_patiently(patience_s=6, first_pause_s=0.5)
+    notes = [line for line in capsys.readouterr().err.splitlines() if "asking again" in line]
+    # asked at 0, 0.5, 1.5 and 3.5 s; the next pause (4 s) would end past the 6 s allowed (on a
+    # loaded machine, where squeue itself takes a while, one ask fewer)
+    pauses = [n.rsplit("in ", 1)[1] for n in notes]
+    assert len(pauses) >= 2 and pauses == ["0.5 s", "1 s", "2 s"][:len(pauses)], notes
+    assert "\n" not in str(err.value) and "for 6 s of retries" in str(err.value), str(err.value)
+    assert "Unable to contact slurm controller" in str(err.value)
