@@ -182,6 +182,24 @@ def _run(spec: dict) -> None:
         loss = token_loss / n_batch_targets
         return loss, {"loss": loss.item(), "tokens": float(n_tokens)}
 
+    preempt_at = spec.get("preempt_rank0_at_micro_step")
+    if preempt_at is not None:
+        # As a worker under the plain sbatch scripts: TERM/USR2 raise Preempted once the loop
+        # has saved (preemption.term_is_preemption). Only rank 0 gets the signal, mid-step, as
+        # when Slurm's warning reaches one node first; the ranks must still agree to stop.
+        import signal
+
+        from srlm_hpc.preemption import term_is_preemption
+
+        term_is_preemption()
+        inner, calls = micro_step, [0]
+
+        def micro_step(idx: list[int], batch: list[int]):
+            calls[0] += 1
+            if calls[0] == preempt_at and int(os.environ["RANK"]) == 0:
+                os.kill(os.getpid(), signal.SIGUSR2)
+            return inner(idx, batch)
+
     plan = batch_plan(N_EXAMPLES, BATCH, EPOCHS, seed=0)
     train(model, plan, 1, micro_step, lr=3e-3, min_lr=3e-4, warmup=1, weight_decay=0.01, grad_clip=1.0,
           stage_dir=Path(spec["stage_dir"]), seed=5, checkpoint_every=CKPT_EVERY, stop_after=spec.get("stop_after"),
@@ -197,7 +215,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_ranks(spec: dict, tmp_path: Path) -> None:
+def _two_ranks(spec: dict, tmp_path: Path, expect_failure: bool = False) -> list[str]:
     port, procs = _free_port(), []
     for rank in range(2):
         env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
@@ -218,7 +236,10 @@ def _two_ranks(spec: dict, tmp_path: Path) -> None:
             log.seek(0)
             failed.append(f"rank exit {rc}:\n{log.read()[-4000:]}")
         log.close()
+    if expect_failure:
+        return failed
     assert not failed, "\n".join(failed)
+    return []
 
 
 def _log(stage_dir: Path) -> list[dict]:
@@ -308,6 +329,31 @@ def test_zero3_bf16_with_offload_saves_the_fp32_master_weights(torch_reference, 
     # The trained ones come from the fp32 master copy, not the bf16 weights the ranks computed with.
     trained = weights["model.layers.1.mlp.up_proj.weight"]
     assert (trained.to(torch.bfloat16).float() != trained).any()
+
+
+@pytest.mark.slow
+@requires_deepspeed
+def test_a_preemption_signal_on_one_rank_stops_both_at_a_saved_step_and_the_rerun_matches(tmp_path):
+    """USR2 reaches rank 0 alone, in the middle of a step: both ranks finish that step, save a
+    checkpoint together, and stop with Preempted (no rank hangs in a collective the other left);
+    the rerun resumes there and ends with the uninterrupted two-rank run's log and weights."""
+    straight, preempted = tmp_path / "straight" / "sft", tmp_path / "preempted" / "sft"
+    _two_ranks({"backend": "deepspeed", "zero_stage": 2, "stage_dir": str(straight)}, tmp_path)
+    failed = _two_ranks({"backend": "deepspeed", "zero_stage": 2, "stage_dir": str(preempted),
+                         "preempt_rank0_at_micro_step": 5}, tmp_path, expect_failure=True)
+    assert len(failed) == 2, failed  # both ranks stopped, neither finished the run
+    assert "Preempted: SIGUSR2 received" in failed[0]  # rank 0: its own signal, re-raised once saved
+    assert "a signal another rank received; a rerun resumes from the last checkpoint" in failed[1]
+    done = latest_complete(preempted / "checkpoint")["step"]
+    assert 0 < done < 8 and [e["step"] for e in _log(preempted)] == list(range(done))
+    assert not (preempted / "model").exists()  # an unfinished run is never saved as the model
+
+    _two_ranks({"backend": "deepspeed", "zero_stage": 2, "stage_dir": str(preempted)}, tmp_path)
+    strip = lambda log: [{k: v for k, v in e.items() if k != "seconds"} for e in log]  # noqa: E731
+    assert strip(_log(preempted)) == strip(_log(straight))
+    a, b = _weights(straight), _weights(preempted)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)
 
 
 if __name__ == "__main__":
