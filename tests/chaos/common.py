@@ -66,6 +66,21 @@ def stage_running(base: Path, stage: str) -> bool:
     return False
 
 
+def running_in(base: Path, pid: int) -> str | None:
+    """The stage a shard of which process `pid` is running now (its manifest entry says so),
+    or None: between stages, starting up, or gone. A killed run's shard stays "running" with
+    the dead pid until a rerun claims it, so the state alone would mislead."""
+    for stage in STAGES:
+        for p in manifest_dir(base, stage).glob("shard-*.json"):
+            try:
+                entry = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue
+            if entry.get("state") == "running" and entry.get("pid") == pid:
+                return stage
+    return None
+
+
 def stage_done(base: Path, stage: str) -> bool:
     d = manifest_dir(base, stage)
     try:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.common import (STAGES, Clock, args_for, compare, finish, kill, leftovers, output_files,
-                                stage_done, stage_running, stage_windows, start, stray_processes, work_of)
+                                running_in, stage_done, stage_windows, start, stray_processes, work_of)
 from tests.chaos.conftest import FULL
 
 pytestmark = pytest.mark.slow
@@ -59,17 +59,23 @@ def test_sigkill_inside_every_stage_then_rerun(reference, tmp_path, tiny_llama, 
     assert proc.returncode == -9, "the fault point was never reached"
     faults["sigkill:before-mark-done"] += 1
     for stage in STAGES:
-        for _ in range(KILLS_PER_STAGE):
-            if stage_done(tmp_path, stage):
+        # Each kill is counted for the stage the killed process was in at that moment (a
+        # resumed stage can finish inside the drawn delay, and the process goes on to the next).
+        for _ in range(3 * KILLS_PER_STAGE):
+            if stage_done(tmp_path, stage) or faults[f"sigkill:{stage}"] >= KILLS_PER_STAGE:
                 break
             proc = start(args)
-            while not stage_running(tmp_path, stage) and proc.poll() is None:
+            while running_in(tmp_path, proc.pid) != stage and proc.poll() is None and not stage_done(tmp_path, stage):
                 time.sleep(0.05)
+            # Somewhere inside the stage's measured span; sooner if the stage ends first, so the
+            # run never goes on through the next (short) stages before their own turn.
+            until = time.monotonic() + rng.uniform(0, windows.get(stage, 5.0))
+            while time.monotonic() < until and proc.poll() is None and running_in(tmp_path, proc.pid) == stage:
+                time.sleep(0.02)
             if proc.poll() is None:
-                time.sleep(rng.uniform(0, windows.get(stage, 5.0)))  # somewhere inside the stage's measured span
-            if proc.poll() is None:
+                at = running_in(tmp_path, proc.pid) or "between stages"
                 kill(proc)
-                faults[f"sigkill:{stage}"] += 1
+                faults[f"sigkill:{at}"] += 1
             else:
                 _, err = proc.communicate()
                 assert proc.returncode == 0, err.decode()[-3000:]
