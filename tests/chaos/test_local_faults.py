@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.common import (STAGES, Clock, args_for, compare, finish, kill, leftovers, output_files,
-                                running_in, stage_done, stage_windows, start, stray_processes, work_of)
+                                running_in, stage_done, stage_running, stage_windows, start, stray_processes,
+                                work_of)
 from tests.chaos.conftest import FULL
 
 pytestmark = pytest.mark.slow
