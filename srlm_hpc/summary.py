@@ -225,8 +225,6 @@ def print_run_summary(summary: dict, out=None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """python -m srlm_hpc.summary work_dir=runs/demo (or preset=demo): rewrite and print the table."""
-    import sys
-
     from .config import config_from_cli
 
     cfg = config_from_cli(argv)

@@ -29,7 +29,7 @@ from pathlib import Path
 from .. import validation_prompts as validation_prompts_file
 from ..config import Config, ConfigError
 from ..engines import SamplingConfig
-from ..files import atomic_write_json, read_json, read_jsonl, replace_dir, write_jsonl
+from ..files import atomic_write_json, read_json, read_jsonl, replace_dir
 from ..metrics import head_to_head
 from ..shards import run_chunked, shard_seed
 from .common import engine_for
