@@ -141,10 +141,7 @@ def run_chunked(out_path: Path, items: Sequence, chunk_size: int, process: Calla
         produced += len(chunk_records)
         progress.update(c + 1, n_chunks, "chunk")  # for status, through the heartbeat (progress.py)
         bar.set_postfix(records=len(records), per_s=f"{produced / max(1e-9, time.time() - t0):.2f}")
-    info = write_jsonl(out_path, records)
-    for c in range(n_chunks):
-        part_path(out_path, chunk_size, c).unlink(missing_ok=True)
-    return info
+    return write_whole(out_path, chunk_size, n_chunks, records)
 
 
 def run_chunked_generation(out_path: Path, items: Sequence, chunk_size: int, engine,
@@ -179,7 +176,12 @@ def run_chunked_generation(out_path: Path, items: Sequence, chunk_size: int, eng
     finally:
         stream.close()  # a failed write or record: the engine drops the chunks still in flight
         bar.close()
-    info = write_jsonl(out_path, [rec for c in range(n_chunks) for rec in done[c]])
+    return write_whole(out_path, chunk_size, n_chunks, [rec for c in range(n_chunks) for rec in done[c]])
+
+
+def write_whole(out_path: Path, chunk_size: int, n_chunks: int, records: list[dict]) -> FileInfo:
+    """The shard's output, the chunks' records in order, written last; then its parts go."""
+    info = write_jsonl(out_path, records)
     for c in range(n_chunks):
         part_path(out_path, chunk_size, c).unlink(missing_ok=True)
     return info
