@@ -132,8 +132,19 @@ class LoadGuard:
         self._thread.start()
 
     @classmethod
-    def start(cls, max_per_core: float | None = None) -> "LoadGuard":
-        guard = cls(MAX_LOAD_PER_CORE if max_per_core is None else max_per_core)
+    def start(cls, max_per_core: float | None = None, settle_s: float | None = None) -> "LoadGuard":
+        """Start watching once the 1-minute load average has settled at or below the threshold
+        (up to `settle_s`, SRLM_BENCH_SETTLE_S, default 240 s): it trails the CPU use of the
+        minute before by design (exp(-t/60)), so a benchmark started a few seconds after other
+        work ended would otherwise be refused after its whole run for load it never saw."""
+        limit = MAX_LOAD_PER_CORE if max_per_core is None else max_per_core
+        settle_s = float(os.environ.get("SRLM_BENCH_SETTLE_S", 240)) if settle_s is None else settle_s
+        cores, deadline = os.cpu_count() or 1, time.monotonic() + settle_s
+        while os.getloadavg()[0] / cores > limit and time.monotonic() < deadline:
+            print(f"load guard: waiting for the 1-minute load average {os.getloadavg()[0]:.2f} to settle at or "
+                  f"below {limit * cores:g}", file=sys.stderr, flush=True)
+            time.sleep(min(15.0, max(0.0, deadline - time.monotonic())))
+        guard = cls(limit)
         print(f"load guard: a result is written only if other work keeps the load at or below "
               f"{guard.max_per_core:g} per core ({guard.max_per_core * guard.cores:g} on {guard.cores} cores; "
               f"this benchmark's own threads are not counted); 1-minute load average now "
