@@ -19,6 +19,7 @@
 #   SRLM_SLURM_PORT    first of 3 ports: ctld, d, dbd   (default 6817)
 #   SRLM_SLURM_TIMEOUT seconds start waits for readiness (default 60)
 #   SRLM_SLURM_GRACE   GraceTime of the low partition   (default 10)
+#   SRLM_SLURM_MAX_ARRAY MaxArraySize: array indices 0..N-1 (default 5)
 #
 # Clients (sbatch, squeue, sacct, submitit...) find this cluster through
 # SLURM_CONF=$SRLM_SLURM_STATE/etc/slurm.conf; nothing is written to /etc.
@@ -29,6 +30,7 @@ CPUS="${SRLM_SLURM_CPUS:-8}"
 PORT="${SRLM_SLURM_PORT:-6817}"
 TIMEOUT="${SRLM_SLURM_TIMEOUT:-60}"
 GRACE="${SRLM_SLURM_GRACE:-10}"
+MAX_ARRAY="${SRLM_SLURM_MAX_ARRAY:-5}"
 
 ETC="$STATE/etc"
 RUN="$STATE/run"
@@ -152,6 +154,10 @@ SchedulerParameters=sched_interval=2,bf_interval=2
 
 # Jobs may be requeued (scontrol requeue, preemption, submitit checkpoint).
 JobRequeue=1
+# Array indices 0..${MAX_ARRAY}-1 (Slurm's default: 1001). Small, so that a stage of a few
+# shards already needs the launcher's split into several array jobs
+# (tests/launch/test_slurm_limits.py); the tests' own sbatch --array stay below it.
+MaxArraySize=${MAX_ARRAY}
 # Preemption by partition priority: a job in "high" requeues jobs in "low".
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
