@@ -21,6 +21,8 @@ from typing import Iterable, Iterator
 
 import zstandard
 
+from .faults import commit_point
+
 
 class CorruptFileError(ValueError):
     """A file that does not match what was recorded, or a line that is not valid JSON."""
@@ -73,7 +75,9 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[io.IOBase]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        commit_point()
         os.replace(tmp, path)
+        commit_point(after=True)
         fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -88,8 +92,12 @@ def replace_dir(tmp: Path, dest: Path) -> None:
     old = dest.with_name(dest.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if dest.exists():
+        commit_point()
         dest.rename(old)
+        commit_point(after=True)  # neither at dest now: readers fall back to dest.old
+    commit_point()
     tmp.rename(dest)
+    commit_point(after=True)
     fsync_dir(dest.parent)
     shutil.rmtree(old, ignore_errors=True)
 

@@ -51,6 +51,7 @@ import zstandard
 
 from . import pair_rules
 from .config import Config, env_threads
+from .faults import commit_point
 from .files import CorruptFileError, FileInfo, atomic_write_json, fsync_dir, read_json, sha256_file, verify_file
 from .locks import LockBusyError, file_lock
 from .manifest import StageManifest, note_read
@@ -410,7 +411,9 @@ class _Merge:
     def commit(self, state: dict, pending: list[_OutFile], nxt: dict) -> None:
         """Rename the finished files, then record them: a kill between the two only redoes them."""
         for f in pending:
+            commit_point()
             os.replace(f.tmp, f.final)
+            commit_point(after=True)
         if pending:
             fsync_dir(self.dir)
         state["files"] += [f.entry() for f in pending]
