@@ -126,6 +126,11 @@ def recording_reads() -> Iterator[list[dict]]:
         _reads = outer
 
 
+def current_reads() -> list[dict]:
+    """What the shard has read so far (empty outside recording_reads)."""
+    return list(_reads or [])
+
+
 def note_read(iteration: int, stage: str, shard: int, digest: str) -> None:
     if _reads is not None:
         entry = {"iter": iteration, "stage": stage, "shard": shard, "digest": digest}

@@ -11,6 +11,7 @@ redone by whichever run next finds every shard done and the finalize missing or 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import time
@@ -18,13 +19,14 @@ from pathlib import Path
 
 import torch
 
-from . import timing
+from . import faults, timing
 from .config import Config, env_threads
 from .log import say, shard_log, shard_log_path
 from .files import file_info, output_digest, sweep_temps
 from .manifest import (OwnershipLostError, ShardBusyError, StageManifest, new_owner_token, recorded_digest,
                        recording_reads)
 from .preemption import Preempted, was_requeued
+from .shards import parts_belong_to
 from .stages import get_stage
 
 # Files a stage's finalize writes, relative to <work_dir>/iter<k>/: recorded with their hashes.
@@ -104,13 +106,10 @@ def spans_ray_nodes(cfg: Config, stage: str, world: int) -> bool:
 
 
 def fault_point(name: str) -> None:
-    """For the fault-injection suite (tests/chaos/): SIGKILL this process here when
-    SRLM_FAULT_POINT names this point. The two points sit where no time-based kill lands
-    reliably: between an output's rename and its mark_done, and inside a finalize."""
-    if os.environ.get("SRLM_FAULT_POINT") == name:
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
+    """For the fault-injection suite (faults.py): SIGKILL here when SRLM_FAULT_POINT names this
+    point. Two points sit where no time-based kill lands reliably: between an output's rename
+    and its mark_done, and inside a finalize."""
+    faults.at(name)
 
 
 def liveness_s(cfg: Config) -> float:
@@ -213,6 +212,11 @@ def claim_or_wait(cfg: Config, man: StageManifest, stage: str, shard: int, owner
 def run_shard(cfg: Config, stage: str, shard: int, log: str = "", rank: int = 0, world: int = 1) -> None:
     """Run one shard. Rank 0 of a multi-task array element owns the manifest entry; the
     other ranks join the work (see is_collective, spans_ray_nodes) and never write it."""
+    with faults.in_stage(stage):
+        _run_shard(cfg, stage, shard, log, rank, world)
+
+
+def _run_shard(cfg: Config, stage: str, shard: int, log: str, rank: int, world: int) -> None:
     man = stage_manifest(cfg, stage)
     if man.verified_output(man.get(shard)) is not None:
         print(f"[{stage}] shard {shard}: already done, skipped", flush=True)
@@ -231,7 +235,8 @@ def run_shard(cfg: Config, stage: str, shard: int, log: str = "", rank: int = 0,
     try:
         with shard_log(cfg, stage, shard, man.get(shard).attempt) as log_path, recording_reads() as reads, \
                 timing.recording() as spent, heartbeat(man, shard, cfg.slurm.heartbeat_s, owner), \
-                ray_head_if_needed(cfg, stage, world), training_identity(cfg, stage, config):
+                ray_head_if_needed(cfg, stage, world), training_identity(cfg, stage, config), \
+                parts_belong_to(json.dumps([config, read_models(cfg, stage)], sort_keys=True)):
             info = get_stage(stage).run_shard(cfg, shard)
     except BaseException as e:
         say(f"[{stage}] shard {shard}: stopped after {time.time() - t0:.1f}s by {type(e).__name__}; "

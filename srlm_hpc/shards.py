@@ -5,11 +5,15 @@
 - Shard i of a downstream stage reads records [i*S, (i+1)*S) of the upstream stage, taken
   in upstream shard order from upstream outputs verified against the manifest.
 - Long shards work in chunks: each finished chunk is written atomically as
-  `shard-00003.c8.part-00002.jsonl` (8: items per chunk); a shard killed mid-way resumes at
-  the first missing chunk and never emits a record twice. The shard's final file is the
-  concatenation, written last; then the parts are removed. Parts left with another chunk
-  size (a batch size changed between runs) are refused, not mixed in: chunk boundaries
-  would no longer line up and records would repeat.
+  `shard-00003.c8-1f2e3d4c5b.part-00002.jsonl` (8: items per chunk; 1f2e3d4c5b: what the
+  chunks belong to, below); a shard killed mid-way resumes at the first missing chunk and
+  never emits a record twice. The shard's final file is the concatenation, written last;
+  then the parts are removed.
+- A part belongs to the chunk size, the config that shapes the stage, the models and the
+  upstream outputs the shard read (`parts_key`). Parts of another key are removed and
+  redone, never mixed in: an upstream shard regenerated since (not bit-reproducible on
+  GPU), or a stage restarted afresh with new values, would otherwise resume on records
+  made from other inputs, and chunk boundaries of another size would repeat records.
 - Generation chunks (one generate call each, independent of one another) are fed to the
   engine together (`run_chunked_generation`, Engine.generate_chunks): it never drains
   between chunks, and each part is written as soon as its chunk is done; same bytes.
@@ -17,7 +21,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -27,15 +33,11 @@ from tqdm import tqdm
 from . import progress
 from .config import Config
 from .files import CorruptFileError, FileInfo, iter_jsonl, output_digest, output_info, read_jsonl, write_jsonl
-from .manifest import StageManifest, note_read
+from .manifest import StageManifest, current_reads, note_read
 
 
 class UpstreamNotReadyError(RuntimeError):
     pass
-
-
-class ChunkingChangedError(RuntimeError):
-    """A shard's finished chunks were cut at another size than the one asked for now."""
 
 
 def shard_seed(seed: int, iteration: int, stage: str, shard: int, chunk: int = 0) -> int:
@@ -122,13 +124,14 @@ def run_chunked(out_path: Path, items: Sequence, chunk_size: int, process: Calla
     only on its arguments and on earlier chunks (seed it from the chunk index). A chunk
     found on disk is not recomputed: its records go to `on_resume` so state that later
     chunks depend on is rebuilt as an uninterrupted run would have it."""
-    refuse_other_chunking(out_path, chunk_size)
+    key = parts_key(chunk_size)
+    remove_stale_parts(out_path, key)
     n_chunks = max(1, -(-len(items) // chunk_size))
     records: list[dict] = []
     t0, produced = time.time(), 0
     bar = tqdm(range(n_chunks), desc=desc, unit="chunk")
     for c in bar:
-        part = part_path(out_path, chunk_size, c)
+        part = part_path(out_path, key, c)
         saved = saved_part(part)
         if saved is not None:
             records += saved
@@ -141,7 +144,7 @@ def run_chunked(out_path: Path, items: Sequence, chunk_size: int, process: Calla
         produced += len(chunk_records)
         progress.update(c + 1, n_chunks, "chunk")  # for status, through the heartbeat (progress.py)
         bar.set_postfix(records=len(records), per_s=f"{produced / max(1e-9, time.time() - t0):.2f}")
-    return write_whole(out_path, chunk_size, n_chunks, records)
+    return write_whole(out_path, key, n_chunks, records)
 
 
 def run_chunked_generation(out_path: Path, items: Sequence, chunk_size: int, engine,
@@ -156,10 +159,11 @@ def run_chunked_generation(out_path: Path, items: Sequence, chunk_size: int, eng
     `run_chunked(..., process=lambda items, c: to_records(items, c, engine.generate(*request(items,
     c))))`, byte for byte: the same calls, fed together. A kill loses only the chunks not yet
     written (the engine finishes them roughly in order), and a rerun generates only those."""
-    refuse_other_chunking(out_path, chunk_size)
+    key = parts_key(chunk_size)
+    remove_stale_parts(out_path, key)
     n_chunks = max(1, -(-len(items) // chunk_size))
     chunks = [list(items[c * chunk_size:(c + 1) * chunk_size]) for c in range(n_chunks)]
-    done = {c: saved for c in range(n_chunks) if (saved := saved_part(part_path(out_path, chunk_size, c))) is not None}
+    done = {c: saved for c in range(n_chunks) if (saved := saved_part(part_path(out_path, key, c))) is not None}
     todo = [c for c in range(n_chunks) if c not in done]
     t0, produced = time.time(), 0
     bar = tqdm(total=n_chunks, initial=len(done), desc=desc, unit="chunk")
@@ -168,7 +172,7 @@ def run_chunked_generation(out_path: Path, items: Sequence, chunk_size: int, eng
         for k, completions in stream:
             c = todo[k]
             done[c] = to_records(chunks[c], c, completions)
-            write_jsonl(part_path(out_path, chunk_size, c), done[c])
+            write_jsonl(part_path(out_path, key, c), done[c])
             produced += len(done[c])
             progress.update(len(done), n_chunks, "chunk")  # for status, through the heartbeat (progress.py)
             bar.update(1)
@@ -176,14 +180,14 @@ def run_chunked_generation(out_path: Path, items: Sequence, chunk_size: int, eng
     finally:
         stream.close()  # a failed write or record: the engine drops the chunks still in flight
         bar.close()
-    return write_whole(out_path, chunk_size, n_chunks, [rec for c in range(n_chunks) for rec in done[c]])
+    return write_whole(out_path, key, n_chunks, [rec for c in range(n_chunks) for rec in done[c]])
 
 
-def write_whole(out_path: Path, chunk_size: int, n_chunks: int, records: list[dict]) -> FileInfo:
+def write_whole(out_path: Path, key: str, n_chunks: int, records: list[dict]) -> FileInfo:
     """The shard's output, the chunks' records in order, written last; then its parts go."""
     info = write_jsonl(out_path, records)
     for c in range(n_chunks):
-        part_path(out_path, chunk_size, c).unlink(missing_ok=True)
+        part_path(out_path, key, c).unlink(missing_ok=True)
     return info
 
 
@@ -198,20 +202,43 @@ def saved_part(part: Path) -> list[dict] | None:
         return None
 
 
-def part_path(out_path: Path, chunk_size: int, chunk: int) -> Path:
-    return out_path.with_name(f"{out_path.stem}.c{chunk_size}.part-{chunk:05d}.jsonl")
+_identity = ""  # what this shard's parts belong to besides its reads: set by runner.run_shard
 
 
-def refuse_other_chunking(out_path: Path, chunk_size: int) -> None:
-    mine = f"{out_path.stem}.c{chunk_size}.part-"
-    other = sorted(p.name for p in out_path.parent.glob(f"{out_path.stem}.c*.part-*.jsonl")
-                   if not p.name.startswith(mine))
-    if other:
-        raise ChunkingChangedError(
-            f"{out_path.parent}: {len(other)} finished chunk(s) of this shard ({other[0]}, ...) hold another "
-            f"number of items per chunk than the {chunk_size} asked for now (a batch_size or chunk_size "
-            f"changed since the shard started). Restore the old value to resume the shard, or delete "
-            f"{out_path.parent / (out_path.stem + '.c*.part-*.jsonl')} to redo it.")
+@contextlib.contextmanager
+def parts_belong_to(identity: str):
+    """While inside, chunk parts are keyed by `identity` (the shard's shaping-config
+    fingerprint and the digests of the models it reads) as well as by its upstream reads."""
+    global _identity
+    outer, _identity = _identity, identity
+    try:
+        yield
+    finally:
+        _identity = outer
+
+
+def parts_key(chunk_size: int) -> str:
+    """`c<size>-<10 hex>`: the chunk size, and a digest of the identity and of every upstream
+    output the shard has read so far (a stage reads its inputs before its first chunk)."""
+    reads = sorted(f"{r['stage']}/{r['iter']}/{r['shard']}:{r['digest']}" for r in current_reads())
+    digest = hashlib.sha256(json.dumps([chunk_size, _identity, reads]).encode()).hexdigest()
+    return f"c{chunk_size}-{digest[:10]}"
+
+
+def part_path(out_path: Path, key: str, chunk: int) -> Path:
+    return out_path.with_name(f"{out_path.stem}.{key}.part-{chunk:05d}.jsonl")
+
+
+def remove_stale_parts(out_path: Path, key: str) -> list[str]:
+    """Remove this shard's parts that belong to another key (see the module's docstring)."""
+    mine = f"{out_path.stem}.{key}.part-"
+    stale = sorted(p for p in out_path.parent.glob(f"{out_path.stem}.c*.part-*.jsonl") if not p.name.startswith(mine))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if stale:
+        print(f"{out_path.parent}: removed {len(stale)} finished chunk(s) of {out_path.name} made with another "
+              f"chunk size, config or input ({stale[0].name}, ...); they are redone", flush=True)
+    return [p.name for p in stale]
 
 
 def _ranges(ids: list[int]) -> str:

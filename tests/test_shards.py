@@ -1,5 +1,6 @@
 """Resume inside a shard (srlm_hpc/shards.run_chunked): a killed shard continues at its first
-missing chunk, never emits a record twice, and refuses chunks cut at another size."""
+missing chunk, never emits a record twice, and never mixes in chunks that belong to another
+chunk size, config or input."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import random
 import pytest
 
 from srlm_hpc.files import read_jsonl
-from srlm_hpc.shards import ChunkingChangedError, part_path, run_chunked, shard_seed
+from srlm_hpc.manifest import note_read, recording_reads
+from srlm_hpc.shards import part_path, parts_belong_to, parts_key, run_chunked, shard_seed
 
 
 def squares(chunk: list[int], c: int) -> list[dict]:
@@ -32,7 +34,7 @@ def test_a_killed_shard_resumes_to_the_same_bytes_and_recomputes_no_chunk(tmp_pa
     with pytest.raises(KeyboardInterrupt):
         run_chunked(out, items, 4, dies_at(3), desc="cut")
     assert sorted(p.name for p in tmp_path.glob("shard-00003.*")) == [
-        f"shard-00003.c4.part-{c:05d}.jsonl" for c in range(3)]
+        f"shard-00003.{parts_key(4)}.part-{c:05d}.jsonl" for c in range(3)]
     redone = []
 
     def counting(chunk, c):
@@ -47,17 +49,57 @@ def test_a_killed_shard_resumes_to_the_same_bytes_and_recomputes_no_chunk(tmp_pa
     assert not list(tmp_path.glob("shard-00003.*part-*"))  # parts removed once the shard is whole
 
 
-def test_chunks_of_another_size_are_refused_and_kept(tmp_path):
+def counting_squares(redone: list[int]):
+    def process(chunk, c):
+        redone.append(c)
+        return squares(chunk, c)
+    return process
+
+
+def test_chunks_of_another_size_are_removed_and_redone_never_mixed_in(tmp_path):
     items = list(range(20))
     out = tmp_path / "shard-00000.jsonl"
     with pytest.raises(KeyboardInterrupt):
         run_chunked(out, items, 4, dies_at(2), desc="cut")
-    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    with pytest.raises(ChunkingChangedError, match=r"shard-00000\.c4\.part-00000\.jsonl.*2 asked for now"):
-        run_chunked(out, items, 2, squares, desc="smaller batch")
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing lost, nothing mixed in
-    run_chunked(out, items, 4, squares, desc="old batch size")  # the old size resumes
+    assert len(list(tmp_path.glob("shard-00000.c4-*.part-*"))) == 2
+    redone: list[int] = []
+    run_chunked(out, items, 2, counting_squares(redone), desc="smaller batch")
+    assert redone == list(range(10))  # every chunk of the new size computed, none read from the old parts
     assert [r["item"] for r in read_jsonl(out)] == items
+    assert [r["chunk"] for r in read_jsonl(out)] == [i // 2 for i in items]  # cut at 2, not a mix with 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-00000.jsonl"]  # the old parts are gone
+
+
+@pytest.mark.parametrize("change", ["upstream output", "config or model"])
+def test_chunks_made_from_other_inputs_are_redone(tmp_path, change):
+    """A part is keyed by what the shard read and by its config and models: after an upstream
+    shard was regenerated with other bytes (GPU generation is not bit-reproducible), or the
+    stage restarted afresh with new values, the old parts would resume it on stale records."""
+    items = list(range(12))
+    out = tmp_path / "shard-00002.jsonl"
+
+    def attempt(process, upstream_digest: str, identity: str):
+        with recording_reads(), parts_belong_to(identity):
+            note_read(1, "prompts", 0, upstream_digest)
+            return run_chunked(out, items, 4, process, desc="attempt")
+
+    with pytest.raises(KeyboardInterrupt):
+        attempt(dies_at(2), "a" * 64, "config-1")
+    assert len(list(tmp_path.glob("shard-00002.*part-*"))) == 2
+    redone: list[int] = []
+    if change == "upstream output":
+        attempt(counting_squares(redone), "b" * 64, "config-1")
+    else:
+        attempt(counting_squares(redone), "a" * 64, "config-2")
+    assert redone == [0, 1, 2]
+    assert not list(tmp_path.glob("shard-00002.*part-*"))
+    # ...and the same inputs resume: only the missing chunks are computed
+    out.unlink()
+    with pytest.raises(KeyboardInterrupt):
+        attempt(dies_at(1), "c" * 64, "config-1")
+    redone.clear()
+    attempt(counting_squares(redone), "c" * 64, "config-1")
+    assert redone == [1, 2]
 
 
 def test_a_damaged_chunk_is_recomputed(tmp_path):
@@ -66,7 +108,7 @@ def test_a_damaged_chunk_is_recomputed(tmp_path):
     want = run_chunked(tmp_path / "want.jsonl", items, 4, squares, desc="want")
     with pytest.raises(KeyboardInterrupt):
         run_chunked(out, items, 4, dies_at(2), desc="cut")
-    part = part_path(out, 4, 1)
+    part = part_path(out, parts_key(4), 1)
     part.write_bytes(part.read_bytes()[:-7])  # a torn write the atomic rename should never allow
     assert run_chunked(out, items, 4, squares, desc="resumed").sha256 == want.sha256
 

@@ -24,6 +24,11 @@ def args_for(base: Path, tiny_llama: Path) -> list[str]:
     return ["stage=all", "iter=1", "executor=local", *e2e_args(base, tiny_llama), "slurm.heartbeat_s=1"]
 
 
+def only(args: list[str], stage: str) -> list[str]:
+    """The same command for one stage (`stage=responses` instead of `stage=all`)."""
+    return [f"stage={stage}" if a.startswith("stage=") else a for a in args]
+
+
 def work_of(base: Path) -> Path:
     return base / "run"
 
@@ -46,10 +51,10 @@ def kill(proc: subprocess.Popen) -> None:
     proc.stderr.close()
 
 
-def finish(args: list[str], tries: int = 3, timeout: float = 1800) -> int:
+def finish(args: list[str], tries: int = 3, timeout: float = 1800, env: dict | None = None) -> int:
     """Rerun the same command until it succeeds (what a user does); how many runs it took."""
     for n in range(1, tries + 1):
-        proc = start(args)
+        proc = start(args, env)
         _, err = proc.communicate(timeout=timeout)
         if proc.returncode == 0:
             return n

@@ -1,6 +1,6 @@
 """Faults injected into the whole tiny iteration run on this machine (executor=local): SIGKILL
-inside every stage, kills at the two points no clock reaches reliably, damaged or deleted
-inputs, a duplicate live run, a config change between attempts, a disk that fills during a
+inside every stage, at a clock's random moment and between two writes (srlm_hpc/faults.py),
+kills at the two points no clock reaches reliably, damaged or deleted inputs, a duplicate live run, a config change between attempts, a disk that fills during a
 save. Each scenario ends by rerunning the same command and comparing every output byte for
 byte with an uninterrupted run; no temp file and no process may be left.
 
@@ -14,6 +14,7 @@ import collections
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.common import (STAGES, Clock, args_for, compare, finish, kill, leftovers, output_files,
+from tests.chaos.common import (STAGES, Clock, args_for, compare, finish, kill, leftovers, only, output_files,
                                 running_in, stage_done, stage_running, stage_windows, start, stray_processes,
                                 work_of)
 from tests.chaos.conftest import FULL
@@ -34,10 +35,13 @@ SEED = int(os.environ.get("SRLM_CHAOS_SEED", "13"))
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_llama):
-    """The uninterrupted run: its outputs, and how long each stage took (kills are drawn from it)."""
+    """The uninterrupted run: its outputs, how long each stage took and how many writes each
+    stage committed (kills are drawn from both)."""
     base = tmp_path_factory.mktemp("chaos-ref")
-    assert finish(args_for(base, tiny_llama), tries=1) == 1
-    return output_files(base), stage_windows(base)
+    log = base / "commits.tsv"
+    assert finish(args_for(base, tiny_llama), tries=1, env={"SRLM_FAULT_LOG": str(log)}) == 1
+    commits = collections.Counter(line.split("\t")[0] for line in log.read_text().splitlines())
+    return output_files(base), stage_windows(base), commits
 
 
 def check_and_record(base: Path, want: dict, scenario: str, faults: dict, clock: Clock, results: list) -> None:
@@ -51,7 +55,7 @@ def check_and_record(base: Path, want: dict, scenario: str, faults: dict, clock:
 
 
 def test_sigkill_inside_every_stage_then_rerun(reference, tmp_path, tiny_llama, chaos_results):
-    want, windows = reference
+    want, windows, _ = reference
     args = args_for(tmp_path, tiny_llama)
     rng, clock, faults = random.Random(SEED), Clock(), collections.Counter()
     # Between an output's rename and its mark_done (here: SFT's model), then the kills.
@@ -91,6 +95,68 @@ def test_sigkill_inside_every_stage_then_rerun(reference, tmp_path, tiny_llama, 
                      chaos_results)
 
 
+# Stages a clock cannot kill 20 times on the tiny model: a resumed one finishes inside the
+# drawn delay (SFT from its last checkpoint, responses on the engine the prompts stage left
+# loaded, the merge in milliseconds). They are killed between two writes instead.
+COMMIT_KILL_STAGES = ("sft", "responses", "pairs")
+
+
+def restore(snapshot: Path | None, work: Path) -> None:
+    """The run folder as it was when the stage was about to start (same path, so every path
+    recorded in it still holds)."""
+    shutil.rmtree(work, ignore_errors=True)
+    if snapshot is not None:
+        shutil.copytree(snapshot, work, symlinks=True)
+
+
+@pytest.mark.parametrize("stage", COMMIT_KILL_STAGES)
+def test_sigkill_between_two_writes_inside_a_stage(reference, tmp_path, tiny_llama, chaos_results, stage):
+    """SIGKILL just before or just after the k-th write the stage commits (k drawn from the
+    measured run's count), in runs of that stage alone. Kills accumulate until a run finishes
+    the stage; its outputs must then equal the uninterrupted run's, with no temp file left,
+    and the stage starts again from the snapshot taken before it, until enough kills landed."""
+    want, _, commits = reference
+    assert commits[stage] > 1, commits
+    args = args_for(tmp_path, tiny_llama)
+    for up in STAGES[:STAGES.index(stage)]:
+        assert finish(only(args, up), tries=1) == 1
+    work, snapshot = work_of(tmp_path), None
+    if work.exists():
+        snapshot = tmp_path / "snapshot"
+        shutil.copytree(work, snapshot, symlinks=True)
+    mine = {n: b for n, b in want.items() if n.startswith(f"iter1/{stage}/")}
+    assert mine, f"the uninterrupted run has no outputs under iter1/{stage}/"
+    rng, clock, faults, restarts = random.Random(f"{SEED}/{stage}"), Clock(), collections.Counter(), 0
+
+    def check_stage() -> None:
+        got = {n: b for n, b in output_files(tmp_path).items() if n.startswith(f"iter1/{stage}/")}
+        result = compare(got, mine)
+        assert result["outputs_differing"] == 0, (dict(faults), result["differing"])
+        assert leftovers(tmp_path) == [] and stray_processes(tmp_path) == []
+
+    for _ in range(4 * KILLS_PER_STAGE):
+        if faults[f"sigkill:{stage}"] >= KILLS_PER_STAGE:
+            break
+        point = f"{stage}:{rng.randint(1, commits[stage])}{rng.choice(['', ':after'])}"
+        proc = start(only(args, stage), {"SRLM_FAULT_COMMIT": point})
+        _, err = proc.communicate(timeout=1800)
+        proc.stderr.close()
+        if proc.returncode == -9:
+            faults[f"sigkill:{stage}"] += 1
+            faults[f"sigkill:{stage} {'after' if point.endswith('after') else 'before'} a rename"] += 1
+            continue
+        assert proc.returncode == 0, err.decode()[-3000:]
+        check_stage()  # it finished what the kills left: same bytes; then start the stage again
+        restarts += 1
+        restore(snapshot, work)
+    assert faults[f"sigkill:{stage}"] >= KILLS_PER_STAGE, faults
+    assert finish(only(args, stage), tries=1) == 1
+    check_stage()
+    check_and_record(tmp_path, {n: b for n, b in want.items() if n.split("/")[1] in STAGES[:STAGES.index(stage) + 1]},
+                     f"sigkill between two writes in {stage} ({KILLS_PER_STAGE} asked; the stage finished and "
+                     f"restarted from its snapshot {restarts} time(s))", faults, clock, chaos_results)
+
+
 DAMAGE = {  # kind: (file under <work>/iter1, what is done to it)
     "judge shard truncated": ("judge/shard-00000.jsonl", "truncate"),
     "pairs file deleted": ("pairs/pairs-00000.jsonl.zst", "delete"),
@@ -118,7 +184,7 @@ def damage(path: Path, how: str) -> None:
 @pytest.mark.parametrize("kinds", [DAMAGE, pytest.param(DAMAGE_FULL, marks=pytest.mark.chaos_full)],
                          ids=["ci", "full"])
 def test_a_damaged_or_deleted_input_heals_on_the_next_rerun(reference, tmp_path, tiny_llama, chaos_results, kinds):
-    want, _ = reference
+    want, _, _ = reference
     args = args_for(tmp_path, tiny_llama)
     finish(args, tries=1)
     clock, faults = Clock(), collections.Counter()
@@ -134,7 +200,7 @@ def test_a_damaged_or_deleted_input_heals_on_the_next_rerun(reference, tmp_path,
 
 
 def test_a_config_change_between_attempts_is_refused(reference, tmp_path, tiny_llama, chaos_results):
-    want, windows = reference
+    want, windows, _ = reference
     args = args_for(tmp_path, tiny_llama)
     clock = Clock()
     proc = start(args)
@@ -152,7 +218,7 @@ def test_a_config_change_between_attempts_is_refused(reference, tmp_path, tiny_l
 
 @pytest.mark.chaos_full
 def test_two_live_runs_of_the_same_command_at_once(reference, tmp_path, tiny_llama, chaos_results):
-    want, _ = reference
+    want, _, _ = reference
     args = args_for(tmp_path, tiny_llama)
     clock = Clock()
     procs = [start(args), start(args)]
@@ -166,7 +232,7 @@ def test_two_live_runs_of_the_same_command_at_once(reference, tmp_path, tiny_lla
 def test_a_disk_that_fills_during_a_save(reference, tmp_path, tiny_llama, chaos_results):
     """RLIMIT_FSIZE: the kernel refuses a write past 4 MB (EFBIG), as a full disk does (ENOSPC):
     SFT's first checkpoint or model save fails part-way."""
-    want, _ = reference
+    want, _, _ = reference
     args = args_for(tmp_path, tiny_llama)
     clock = Clock()
     limit = 4 << 20

@@ -29,7 +29,7 @@ from srlm_hpc.engines.base import generate_one_by_one
 from srlm_hpc.files import read_jsonl, write_jsonl
 from srlm_hpc.manifest import StageManifest
 from srlm_hpc.schema import PromptRecord
-from srlm_hpc.shards import part_path, shard_output
+from srlm_hpc.shards import part_path, parts_key, shard_output
 
 pytestmark = pytest.mark.slow
 
@@ -227,5 +227,5 @@ def test_a_kill_after_k_chunks_keeps_them_and_the_rerun_generates_only_the_rest(
     rerun = Counted(vllm_engine)
     assert _run(monkeypatch, cfg, "responses", rerun) == reference
     batch, n_chunks = cfg.responses.batch_size, -(-len(QUESTIONS) // cfg.responses.batch_size)
-    kept = [c for c in range(n_chunks) if part_path(out, batch, c).name in written]
+    kept = [c for c in range(n_chunks) if part_path(out, parts_key(batch), c).name in written]
     assert rerun.prompts == len(QUESTIONS) - sum(len(QUESTIONS[c * batch:(c + 1) * batch]) for c in kept)

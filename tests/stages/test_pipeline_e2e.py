@@ -18,6 +18,7 @@ from srlm_hpc.config import build_config
 from srlm_hpc.files import iter_jsonl, read_json
 from srlm_hpc.manifest import StageManifest
 from srlm_hpc.schema import PairRecord, PromptRecord, ResponseSet
+from srlm_hpc.shards import parts_key
 from srlm_hpc.submit import main as submit
 from srlm_hpc.templates import judge_prompt
 from tests.conftest import oasst_rows, write_jsonl_rows
@@ -251,7 +252,7 @@ def test_ref_logps_shard_killed_mid_way_resumes_to_the_same_file(iteration, tmp_
     monkeypatch.setattr(ref_logps, "score_pairs", dies_on_second_chunk)
     with pytest.raises(KeyboardInterrupt):
         ref_logps.run_shard(small, 0)
-    assert [p.name for p in tmp_path.glob("cut.*part-*")] == [f"cut.c{small.ref_logps.chunk_size}.part-00000.jsonl"]
+    assert [p.name for p in tmp_path.glob("cut.*part-*")] == [f"cut.{parts_key(small.ref_logps.chunk_size)}.part-00000.jsonl"]
     monkeypatch.setattr(ref_logps, "score_pairs", real)
     resumed = ref_logps.run_shard(small, 0)
     assert (tmp_path / "cut.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
