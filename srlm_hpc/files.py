@@ -102,6 +102,21 @@ def replace_dir(tmp: Path, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def recover_replaced_dir(dest: Path) -> str | None:
+    """Finish a `replace_dir` that a kill cut short, as its owner's next attempt starts: with
+    `dest` in place, `dest.old` is stale and goes; with `dest` missing (killed between the two
+    renames), `dest.old` is the last whole one and moves back. What was done, or None."""
+    old = dest.with_name(dest.name + ".old")
+    if not old.is_dir():
+        return None
+    if dest.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        return f"removed {old.name}"
+    old.rename(dest)
+    fsync_dir(dest.parent)
+    return f"restored {dest.name} from {old.name}"
+
+
 def temp_dir_beside(dest: Path, suffix: str = ".tmp") -> Path:
     """A new, uniquely named, hidden folder beside `dest` to build it in: two writers (a
     duplicate task, a requeued one whose old process lives) never share one. It gets the mode

@@ -22,7 +22,7 @@ import torch
 from . import faults, timing
 from .config import Config, env_threads
 from .log import say, shard_log, shard_log_path
-from .files import file_info, output_digest, sweep_temps
+from .files import file_info, output_digest, recover_replaced_dir, sweep_temps
 from .manifest import (OwnershipLostError, ShardBusyError, StageManifest, new_owner_token, recorded_digest,
                        recording_reads)
 from .preemption import Preempted, was_requeued
@@ -152,6 +152,11 @@ def sweep_shard_temps(cfg: Config, stage: str, shard: int) -> None:
     removed = sweep_temps(cfg.stage_dir(stage), names)
     if removed:
         print(f"[{stage}] shard {shard}: removed {len(removed)} temp file(s) of an earlier attempt", flush=True)
+    if stage in ("sft", "dpo"):
+        for name in ("checkpoint", "model"):  # a kill between replace_dir's two renames
+            if done := recover_replaced_dir(cfg.stage_dir(stage) / name):
+                print(f"[{stage}] shard {shard}: {done} (an earlier attempt was killed while replacing it)",
+                      flush=True)
 
 
 def training_identity(cfg: Config, stage: str, config: str):

@@ -202,25 +202,27 @@ def saved_part(part: Path) -> list[dict] | None:
         return None
 
 
-_identity = ""  # what this shard's parts belong to besides its reads: set by runner.run_shard
+_identity, _with_reads = "", True  # what this shard's parts belong to: set by runner.run_shard
 
 
 @contextlib.contextmanager
-def parts_belong_to(identity: str):
+def parts_belong_to(identity: str, with_reads: bool = True):
     """While inside, chunk parts are keyed by `identity` (the shard's shaping-config
-    fingerprint and the digests of the models it reads) as well as by its upstream reads."""
-    global _identity
-    outer, _identity = _identity, identity
+    fingerprint and the digests of the models it reads) and by its upstream reads. A cache
+    shared across iterations (eval's, keyed by its folder) passes with_reads=False."""
+    global _identity, _with_reads
+    outer, (_identity, _with_reads) = (_identity, _with_reads), (identity, with_reads)
     try:
         yield
     finally:
-        _identity = outer
+        _identity, _with_reads = outer
 
 
 def parts_key(chunk_size: int) -> str:
     """`c<size>-<10 hex>`: the chunk size, and a digest of the identity and of every upstream
     output the shard has read so far (a stage reads its inputs before its first chunk)."""
-    reads = sorted(f"{r['stage']}/{r['iter']}/{r['shard']}:{r['digest']}" for r in current_reads())
+    reads = sorted(f"{r['stage']}/{r['iter']}/{r['shard']}:{r['digest']}" for r in current_reads()) \
+        if _with_reads else []
     digest = hashlib.sha256(json.dumps([chunk_size, _identity, reads]).encode()).hexdigest()
     return f"c{chunk_size}-{digest[:10]}"
 

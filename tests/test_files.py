@@ -74,3 +74,21 @@ def test_written_files_and_folders_take_the_umask_not_mkstemps_0600(tmp_path, um
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, cwd=Path(__file__).parents[1])
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o666 & ~umask
     assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o777 & ~umask
+
+
+@pytest.mark.parametrize("killed", ["between the two renames", "before removing the old one"])
+def test_a_replace_dir_cut_short_is_finished_by_the_next_attempt(tmp_path, killed):
+    """replace_dir moves dest to dest.old, the new folder to dest, then removes dest.old; a
+    kill between the steps leaves dest.old, which recover_replaced_dir resolves."""
+    from srlm_hpc.files import recover_replaced_dir
+
+    dest, old = tmp_path / "checkpoint", tmp_path / "checkpoint.old"
+    old.mkdir()
+    (old / "step").write_text("10")
+    if killed == "before removing the old one":
+        dest.mkdir()
+        (dest / "step").write_text("20")
+    want = "20" if dest.exists() else "10"  # the newest whole one
+    assert recover_replaced_dir(dest) is not None
+    assert (dest / "step").read_text() == want and not old.exists()
+    assert recover_replaced_dir(dest) is None  # nothing left to do
