@@ -28,6 +28,7 @@ the run's table across models, <work_dir>/summary.json.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import sys
@@ -41,7 +42,8 @@ from ..files import FileInfo, atomic_write_json, iter_jsonl, read_json, read_jso
 from ..metrics import combine_orders, head_to_head, length_stats, reward_modeling
 from ..models import model_path
 from ..schema import Response, ResponseSet
-from ..shards import UpstreamNotReadyError, run_chunked_generation, shard_output, shard_seed, upstream_outputs
+from ..shards import (UpstreamNotReadyError, parts_belong_to, run_chunked_generation, shard_output, shard_seed,
+                      upstream_outputs)
 from .common import engine_for
 from .judge import fill_judgements, judge_conversations
 
@@ -250,14 +252,21 @@ def cache_dir(cfg: Config, kind: str, model: Path) -> Path:
     return cfg.work_dir / "eval_cache" / f"{kind}-{digest}" / model_fingerprint(model)[:24]
 
 
-def _phase(path: Path, items: list, chunk_size: int, engine, request, to_records, desc: str) -> list[dict]:
+def _phase(path: Path, items: list, chunk_size: int, engine, request, to_records, desc: str,
+           cached: bool = False) -> list[dict]:
     """A phase's records: from its saved file, else generated in chunks fed to `engine()`
     together (shards.run_chunked_generation: each chunk saved once done, a rerun makes only
-    the missing ones). `engine` is called only when something is to be generated."""
+    the missing ones). `engine` is called only when something is to be generated.
+
+    A `cached` phase (eval_cache/) is shared by the iterations: its folder (settings digest,
+    model fingerprint) is the whole key of its chunks, so iteration k+1 resumes the chunks a
+    killed iteration k left there instead of removing them as another shard's (whose identity,
+    runner.run_shard's, names iteration k's models)."""
     if not items:  # a trailing shard past the end of the data: nothing to load a model for
         write_jsonl(path, [])
     elif not path.exists():
-        run_chunked_generation(path, items, chunk_size, engine(), request, to_records, desc=desc)
+        with parts_belong_to("", with_reads=False) if cached else contextlib.nullcontext():
+            run_chunked_generation(path, items, chunk_size, engine(), request, to_records, desc=desc)
     return read_jsonl(path)
 
 
@@ -349,11 +358,11 @@ def run_shard(cfg: Config, shard: int) -> FileInfo:
         model, fp = roles[role][0], fingerprint(role)
         if role in judged:
             recs = _phase(cache_dir(cfg, "rm", roles[role][1]) / f"{name}.jsonl", turns, per_rm,
-                          partial(engine, role), *judge_rm(role), f"eval rm {model} shard {shard}")
+                          partial(engine, role), *judge_rm(role), f"eval rm {model} shard {shard}", cached=True)
             rm += [{**rec, "model": model, "fingerprint": fp} for rec in recs]
         if role in answering:
             recs = _phase(cache_dir(cfg, "answers", roles[role][1]) / f"{name}.jsonl", prompts, e.batch_size,
-                          partial(engine, role), *answer(), f"eval {model} answers")
+                          partial(engine, role), *answer(), f"eval {model} answers", cached=True)
             answers[role] = [{**rec, "role": role, "model": model, "fingerprint": fp} for rec in recs]
     h2h = []
     for key, new_role, old_role in pairs:

@@ -419,9 +419,9 @@ def vllm_cfg(work, model, baseline, method):
                     batch_size=2, max_tokens=8, compare_max_tokens=8, h2h_method=method)
 
 
-def run_eval(monkeypatch, cfg, engine, asked: list | None = None) -> bytes:
-    """ev.run_shard(cfg, 0) with `engine` for every model; `asked` gets each generate call its
-    phases requested, tagged (phase file relative to the work dir, chunk)."""
+def run_eval(monkeypatch, cfg, engine=None, asked: list | None = None) -> bytes:
+    """ev.run_shard(cfg, 0) with `engine` for every model (None: engine_for's own); `asked` gets
+    each generate call its phases requested, tagged (phase file relative to the work dir, chunk)."""
     real = shards.run_chunked_generation
 
     def tagged(out_path, items, chunk_size, eng, request, to_records, desc):
@@ -433,7 +433,8 @@ def run_eval(monkeypatch, cfg, engine, asked: list | None = None) -> bytes:
         return real(out_path, items, chunk_size, eng, req, to_records, desc)
 
     monkeypatch.setattr(ev, "run_chunked_generation", tagged)
-    monkeypatch.setattr(ev, "engine_for", lambda cfg, path, batch_size: engine)
+    if engine is not None:
+        monkeypatch.setattr(ev, "engine_for", lambda cfg, path, batch_size: engine)
     return Path(ev.run_shard(cfg, 0).path).read_bytes()
 
 
@@ -520,3 +521,29 @@ def test_a_kill_mid_phase_keeps_its_written_chunks_and_the_rerun_generates_only_
     # the engine is asked for exactly the chunks not on disk, in the order the uninterrupted run asked
     assert rerun.jobs == [job for (path, c), job in asked if path not in finished and (path, c) not in kept]
     assert len(asked) == 23 and len(rerun.jobs) == remade
+
+
+def test_a_cached_phase_killed_in_one_iteration_is_resumed_by_the_next(tmp_path, tiny_llama, baseline, monkeypatch):
+    """eval_cache's chunks are keyed by their folder alone: parts written under one shard identity
+    (runner.run_shard's names iteration k's models) are resumed under another, not redone."""
+    ref = make_cfg(tmp_path / "ref", tiny_llama, baseline, batch_size=2)  # rm: 1 prompt (2 samples) a chunk
+    run_eval(monkeypatch, ref)
+    cfg = make_cfg(tmp_path / "run", tiny_llama, baseline, batch_size=2)
+    real_write = shards.write_jsonl
+
+    def die_at_second_rm_part(path, records, *a, **kw):
+        if ".part-00001." in Path(path).name and "/rm-" in str(path):
+            raise KeyboardInterrupt("killed while writing a chunk")
+        return real_write(path, records, *a, **kw)
+
+    monkeypatch.setattr(shards, "write_jsonl", die_at_second_rm_part)
+    with shards.parts_belong_to("iteration 1's eval shard"), pytest.raises(KeyboardInterrupt):
+        run_eval(monkeypatch, cfg)
+    monkeypatch.setattr(shards, "write_jsonl", real_write)
+    (kept,) = [name for name in eval_files(cfg) if PART.match(Path(name).name)]
+    asked = []
+    with shards.parts_belong_to("iteration 2's eval shard"):
+        run_eval(monkeypatch, cfg, asked=asked)
+    rm = [(path, c) for (path, c), _ in asked if "/rm-" in path]
+    assert rm == [(str(Path(kept).parent / "shard-00000.jsonl"), 1)]  # chunk 0 read from its part, not redone
+    assert eval_files(cfg) == eval_files(ref)
