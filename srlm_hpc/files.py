@@ -14,7 +14,9 @@ import io
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -68,7 +70,7 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[io.IOBase]:
     exit fsync it and rename it over `path`, with the permissions the umask gives."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{writer_tag()}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, mode) as f:
@@ -126,6 +128,44 @@ def temp_dir_beside(dest: Path, suffix: str = ".tmp") -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=suffix, dir=dest.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     return tmp
+
+
+def writer_tag() -> str:
+    """`<host>-<pid>` in a temp file's name: whose it is, so one left by a killed process can
+    be told from one a live process is writing (sweep_dead_writers_temps)."""
+    return f"{socket.gethostname().split('.')[0]}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_dead_writers_temps(folder: Path, max_age_s: float = 3600) -> list[str]:
+    """Remove the `.<name>.<host>-<pid>.*.tmp` files in `folder` whose writer is gone: a process
+    of this host that no longer runs, or any writer's after `max_age_s` (no write of these
+    small files takes an hour). Safe beside live writers of other shards and of submit,
+    unlike `sweep_temps`: a heartbeat or manifest write cut by a SIGKILL leaves these."""
+    removed = []
+    if not folder.is_dir():
+        return removed
+    host, now = socket.gethostname().split(".")[0], time.time()
+    for p in folder.glob(".*.tmp"):
+        tag = p.name[:-len(".tmp")].split(".")[-2] if p.name.count(".") >= 3 else ""
+        who, _, pid = tag.rpartition("-")
+        try:
+            dead = who == host and pid.isdigit() and not _pid_alive(int(pid))
+            if p.is_file() and (dead or now - p.stat().st_mtime > max_age_s):
+                p.unlink()
+                removed.append(p.name)
+        except FileNotFoundError:
+            continue
+    return removed
 
 
 def sweep_temps(folder: Path, names: tuple[str, ...]) -> list[str]:

@@ -22,7 +22,7 @@ import torch
 from . import faults, timing
 from .config import Config, env_threads
 from .log import say, shard_log, shard_log_path
-from .files import file_info, output_digest, recover_replaced_dir, sweep_temps
+from .files import file_info, output_digest, recover_replaced_dir, sweep_dead_writers_temps, sweep_temps
 from .manifest import (OwnershipLostError, ShardBusyError, StageManifest, new_owner_token, recorded_digest,
                        recording_reads)
 from .preemption import Preempted, was_requeued
@@ -150,6 +150,8 @@ def sweep_shard_temps(cfg: Config, stage: str, shard: int) -> None:
     if stage in ("sft", "dpo"):
         names += ("checkpoint", "model", "train_log.jsonl")
     removed = sweep_temps(cfg.stage_dir(stage), names)
+    for folder in (cfg.stage_dir(stage), stage_manifest(cfg, stage).dir):  # beats, marks, merge files
+        removed += sweep_dead_writers_temps(folder)
     if removed:
         print(f"[{stage}] shard {shard}: removed {len(removed)} temp file(s) of an earlier attempt", flush=True)
     if stage in ("sft", "dpo"):

@@ -92,3 +92,37 @@ def test_a_replace_dir_cut_short_is_finished_by_the_next_attempt(tmp_path, kille
     assert recover_replaced_dir(dest) is not None
     assert (dest / "step").read_text() == want and not old.exists()
     assert recover_replaced_dir(dest) is None  # nothing left to do
+
+
+def test_temps_of_killed_writers_are_swept_and_live_writers_temps_are_kept(tmp_path):
+    """A SIGKILL during a heartbeat or manifest write leaves `.<name>.<host>-<pid>.*.tmp`; the
+    sweep removes those of dead processes of this host (and any older than an hour), and
+    never a temp a live process is still writing."""
+    import os
+    import signal
+    import time
+
+    from srlm_hpc.files import sweep_dead_writers_temps, writer_tag
+
+    script = textwrap.dedent("""
+        import os, signal, sys
+        from srlm_hpc.files import atomic_open
+        with atomic_open(sys.argv[1] + "/beat-00000.json", "w") as f:
+            f.write("{}")
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)  # killed mid-write, as by scancel or the OOM killer
+    """)
+    killed = subprocess.run([sys.executable, "-c", script, str(tmp_path)], timeout=120)
+    assert killed.returncode == -signal.SIGKILL
+    left = [p.name for p in tmp_path.glob(".beat-00000.json.*.tmp")]
+    assert len(left) == 1
+    mine = tmp_path / f".shard-00000.json.{writer_tag()}.abcd1234.tmp"  # this live process's
+    mine.write_text("{}")
+    other_host = tmp_path / ".plan.json.elsewhere-1.abcd1234.tmp"  # another node's: its pid means nothing here
+    other_host.write_text("{}")
+    stale = tmp_path / ".index.json.elsewhere-2.abcd1234.tmp"
+    stale.write_text("{}")
+    hour_ago = time.time() - 3700
+    os.utime(stale, (hour_ago, hour_ago))
+    assert sorted(sweep_dead_writers_temps(tmp_path)) == sorted([left[0], stale.name])
+    assert mine.exists() and other_host.exists()
