@@ -35,6 +35,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from dataclasses import dataclass, replace
@@ -153,13 +154,19 @@ def worker_command(address: str, job_id: str) -> list[str]:
 
 
 def alive_nodes(address: str) -> int:
+    """Nodes up in the cluster, asked as a Ray driver. ray.init takes SIGTERM over, and after
+    ray.shutdown a SIGTERM still ends the process at once, past every Python handler and
+    `finally` (Ray 2.60); the task's own handler (preemption.py) is put back."""
     import ray
 
+    on_term = signal.getsignal(signal.SIGTERM)
     ray.init(address=address, ignore_reinit_error=True, logging_level="ERROR")
     try:
         return sum(1 for n in ray.nodes() if n.get("Alive"))
     finally:
         ray.shutdown()
+        if on_term is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_term)
 
 
 def head_reachable(address: str, timeout_s: float = 2) -> bool:

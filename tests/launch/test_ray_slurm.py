@@ -205,11 +205,13 @@ JOB_A, JOB_B, JOB_C, JOB_D = "99041", "99042", "99043", "99044"
 HOST = socket.gethostname()
 
 # Rank 0 of a task: the head, held until a file says stop (the shard is done: the runner
-# leaves its `with ray_head`) or until SIGKILL (which ends nothing: the kernel has to).
+# leaves its `with ray_head`), or SIGTERM (Slurm's preemption: its handler, set before Ray
+# came, leaves the same way), or SIGKILL (which ends nothing: the kernel has to).
 RANK0 = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
 from srlm_hpc.launch import ray_slurm
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
 address, n_nodes, token, job, up = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], Path(sys.argv[5])
 with ray_slurm.ray_head(address, n_nodes, token, job, timeout_s=240, poll_s=0.5):
     up.write_text("up")
@@ -396,11 +398,16 @@ def test_stopping_one_job_leaves_the_other_running(two_heads):
     a_seen = Seen().look(a.job)
     b_procs = job_processes(b.job, workers=False)  # its workers may retire when idle: not these
     assert a_seen.groups and a_seen.raylets and b_procs
-    assert a.stop() == 0  # rank 0 of A leaves its `with ray_head`: the shard is done
+    a.proc.send_signal(signal.SIGTERM)  # rank 0 of A is preempted: its handler leaves `with ray_head`
+    assert a.proc.wait(timeout=60) == 0, a.log.read_text()[-2000:]  # not killed by Ray's own SIGTERM handler
     assert wait_gone(a.job, a_seen) == []
     assert not Path(ray_slurm.job_temp_dir(a.job)).exists()
     assert all(p.is_running() for p in b_procs), [p.pid for p in b_procs if not p.is_running()]
     assert ray_slurm.head_reachable(b.address)
+    b_seen = Seen().look(b.job)
+    assert b.stop() == 0  # B's shard is done: rank 0 leaves `with ray_head` the ordinary way
+    assert wait_gone(b.job, b_seen) == []
+    assert not Path(ray_slurm.job_temp_dir(b.job)).exists()
 
 
 def test_a_follower_leaves_when_rank0_is_sigkilled_and_nothing_of_the_job_is_left(real_ray_cleanup, tmp_path):
