@@ -39,6 +39,13 @@ def note_requeue() -> None:
     _requeued = True
 
 
+def note_not_requeued() -> None:
+    """The requeue noted was declined after all (submitit, past slurm.max_timeouts time-outs):
+    the shard failed."""
+    global _requeued
+    _requeued = False
+
+
 def was_requeued() -> bool:
     return _requeued
 

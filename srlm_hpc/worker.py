@@ -65,6 +65,7 @@ class ShardTask:
         self.config_path, self.stage = config_path, stage
 
     def __call__(self, shard: int) -> int:
+        fail_when_submitit_stops_requeueing(load_config(self.config_path).slurm.max_timeouts)
         run(self.config_path, self.stage, shard)
         return shard
 
@@ -73,6 +74,42 @@ class ShardTask:
 
         note_requeue()  # submitit requeues the task next and exits: a preemption, not a failure
         return submitit.helpers.DelayedSubmission(ShardTask(self.config_path, self.stage), shard)
+
+
+class NotRequeued(RuntimeError):
+    """submitit stopped this task on its time limit and did not requeue it."""
+
+
+def fail_when_submitit_stops_requeueing(max_timeouts: int) -> None:
+    """Wrap submitit's handler of its signal (USR2). Up to slurm.max_timeouts time-outs it
+    calls `checkpoint` (which notes a requeue), requeues the task and exits; at the next one
+    it calls `checkpoint` all the same, then declines the requeue with an
+    UncompletedJobError and the job ends FAILED. Without this the runner took that for a
+    preemption: the shard pending again with no error shown, and no failure counted, however
+    often it ran out of time. Now the shard fails with the reason and the fix; its chunks or
+    checkpoint are kept, so a rerun of submit resumes it (tests/chaos/test_slurm_faults.py)."""
+    import signal
+
+    import submitit
+    from submitit.core.utils import UncompletedJobError
+
+    from .preemption import note_not_requeued
+
+    sig = submitit.JobEnvironment._usr_sig()
+    submitits = signal.getsignal(sig)
+    if not callable(submitits):
+        return  # not under submitit's handler (a local debug executor): nothing to wrap
+
+    def handler(signum, frame):
+        try:
+            submitits(signum, frame)
+        except UncompletedJobError as e:
+            note_not_requeued()
+            raise NotRequeued(f"timed out more than slurm.max_timeouts={max_timeouts} times, so submitit did "
+                              f"not requeue it again ({e}); its finished chunks or checkpoint are kept: rerun "
+                              f"submit, with a larger slurm.time_min or slurm.max_timeouts") from e
+
+    signal.signal(sig, handler)
 
 
 def pending(config_path: str, stage: str) -> list[int]:

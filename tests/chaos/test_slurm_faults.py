@@ -1,6 +1,7 @@
 """Faults on the real one-node Slurm: plain-sbatch preemption during SFT, two submits at once,
 a submit killed while queueing, `scancel` of a running task, slurmd killed and restarted
-mid-stage, slurmctld restarted while `submit wait=true` waits.
+mid-stage, slurmctld restarted while `submit wait=true` waits, and a task timed out more
+often than slurm.max_timeouts allows.
 
 The daemon scenarios restart the shared test cluster's own daemons the way its fixture starts
 them (setup.sh start, which starts only what is missing: SlurmCluster.ensure_up) and leave the
@@ -14,6 +15,7 @@ cluster and their processes are stopped, then killed (SIGKILL), and slurmd is st
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -339,3 +341,110 @@ def test_a_controller_that_stays_silent_ends_the_wait_with_one_line(slurm_cluste
     assert len(pauses) >= 2 and pauses == ["0.5 s", "1 s", "2 s"][:len(pauses)], notes
     assert "\n" not in str(err.value) and "for 6 s of retries" in str(err.value), str(err.value)
     assert "Unable to contact slurm controller" in str(err.value)
+
+
+def sft_args(base: Path, tiny_llama: Path, *extra: str) -> list[str]:
+    """SFT of iteration 1 on the tiny model, queued on the low partition with one CPU a rank."""
+    return ["stage=sft", "iter=1", *e2e_args(base, tiny_llama), "slurm.partition=low", "slurm.cpus_per_task=1",
+            "slurm.heartbeat_s=1", *extra]
+
+
+def sft_manifest(base: Path) -> StageManifest:
+    return StageManifest(build_config({"work_dir": str(base / "run")}).manifest_root, 1, "sft")
+
+
+def resumed_steps(base: Path) -> list[int]:
+    """The step each resumed SFT run started from, in order: "[sft] resumed from the checkpoint
+    of step N" in the task logs (submitit appends every run of a task to the same file)."""
+    logs = sorted(p for p in (base / "run" / "logs" / "iter1" / "sft").glob("*_log.out"))
+    text = "\n".join(p.read_text(errors="replace") for p in logs)
+    return [int(n) for n in re.findall(r"\[sft\] resumed from the checkpoint of step (\d+) of", text)]
+
+
+def train_log_steps(base: Path) -> list[int]:
+    path = base / "run" / "iter1" / "sft" / "train_log.jsonl"
+    return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def train_log(base: Path) -> list[dict]:
+    """SFT's training log without the wall-clock seconds of each step."""
+    path = base / "run" / "iter1" / "sft" / "train_log.jsonl"
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in path.read_text().splitlines() if line.strip()]
+
+
+def array_runs(slurm, job: str) -> list[str]:
+    """sacct's state of every run of a (one-task) array job, first to last, once the last has
+    ended (slurmdbd lists the task of a finished array a moment after it ends)."""
+    def runs():
+        rows = slurm.sacct(job, "JobID,State", duplicates=True)
+        states = [state.split()[0] for _, state in rows]
+        return states if states and states[-1] in ("FAILED", "COMPLETED", "TIMEOUT", "CANCELLED") else None
+
+    return slurm.wait_for(runs, timeout=120, interval=1, what=f"sacct to list the runs of job {job}")
+
+
+# SFT long enough to be running still at its second time-out: 32 examples in batches of 8,
+# 4 steps an epoch, 768 steps. The time-outs come 20-50 s after each start (SHORT_LIMIT), so
+# two runs train at most ~95 s between them: ~290 steps here (3 steps a second on one core,
+# ~150 in a typical run), room for a machine 2.5 times as fast.
+TIMEOUT_SFT = ["sft.epochs=192"]
+# A one-minute limit whose warning (USR2) comes 10 s before the end: slurmctld looks at time
+# limits every 30 s and sends the warning once end - 10 s is less than 30 s away, so at its
+# first look 20 s or more after the start, 20-50 s in. (submitit's own 90 s, more than the
+# limit, would send it at the first look: 0-30 s in, at times before submitit has set its
+# handler, which USR2 then kills. On a real cluster the limit is hours, the warning minutes.)
+SHORT_LIMIT = ["slurm.time_min=1", "slurm.extra=signal=USR2@10"]
+
+
+@pytest.mark.chaos_full
+def test_a_task_timed_out_past_max_timeouts_fails_and_the_rerun_resumes_it(slurm, tmp_path, tiny_llama,
+                                                                          chaos_results, request):
+    """A one-minute limit (SHORT_LIMIT) and slurm.max_timeouts=1 on SFT that needs longer;
+    submitit counts every USR2 a time-out (a limit under 12.5 min guarantees no walltime).
+    First time-out: the step finishes, a checkpoint is saved, submitit requeues the task (a
+    preemption in the manifest, no failure). Second: the same save, but submitit does not requeue it again; the shard fails
+    with that reason (worker.fail_when_submitit_stops_requeueing) and the job ends FAILED.
+    The same command with a longer slurm.time_min (a launch key, free to change) queues it
+    again: it resumes from the second save and ends with the uninterrupted run's weights."""
+    clock = Clock()
+    base = tmp_path / "slurm"
+    args = [*sft_args(base, tiny_llama, *TIMEOUT_SFT, "slurm.max_timeouts=1"), "executor=slurm"]
+    assert submit([*args, *SHORT_LIMIT]) == 0
+    # The uninterrupted run, here, on the other core while the task waits for its time-outs.
+    local = tmp_path / "local"
+    reference = subprocess.Popen([sys.executable, "-m", "srlm_hpc.submit", "executor=local",
+                                  *sft_args(local, tiny_llama, *TIMEOUT_SFT)],
+                                 stdout=(tmp_path / "reference.log").open("w"), stderr=subprocess.STDOUT)
+    request.addfinalizer(reference.kill)  # a no-op once it has ended
+    man = sft_manifest(base)
+    job = man.queued_job(0).split("_")[0]
+    slurm.wait_for(lambda: not queued_jobs(), timeout=900, interval=1, what="the SFT task to time out twice")
+    st = man.get(0)
+    assert st.state == "failed" and st.failures == 1 and st.attempt == 2, (st.state, st.attempt, st.error,
+                                                                           st.history)
+    assert [h["state"] for h in st.history] == ["preempted"], st.history  # the first time-out: requeued
+    assert st.error.startswith("NotRequeued: timed out more than slurm.max_timeouts=1 times"), st.error
+    assert array_runs(slurm, job) == ["REQUEUED", "FAILED"]  # two runs of the one task, then no more
+    saved = len(train_log_steps(base))  # the log is written with each checkpoint: the step saved last
+    assert saved >= 1
+
+    again = subprocess.run([sys.executable, "-m", "srlm_hpc.submit", *args, "slurm.time_min=60", "wait=true"],
+                           capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    assert "1 submitted" in again.stdout, again.stdout  # failures (1) < slurm.max_retries: queued again
+    st = man.get(0)
+    assert st.state == "done" and st.attempt == 3 and st.failures == 1, (st.state, st.attempt, st.history)
+    steps = resumed_steps(base)  # the requeued run's (unless its time-out came before its first step), the rerun's
+    assert steps[-1] == saved and steps == sorted(set(steps)), (saved, steps)  # on from the last save, not from 0
+    assert reference.wait(timeout=900) == 0, (tmp_path / "reference.log").read_text()[-3000:]
+    want = sft_model(local / "run")
+    assert train_log(base) == train_log(local)  # every step once, with the same loss, lr and grad norm
+    got = sft_model(base / "run")
+    row = {"scenario": "time limit past slurm.max_timeouts during SFT", "faults": {"time-out": 2},
+           "outputs_differing": int(got != want), "records_lost": 0, "records_duplicated": 0,
+           "seconds": clock.seconds(), "temp_files_left": len(leftovers(base)),
+           "processes_left": len(stray_processes(base))}
+    chaos_results.append(row)
+    assert got == want
+    assert row["temp_files_left"] == 0 and row["processes_left"] == 0, row
