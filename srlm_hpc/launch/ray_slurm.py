@@ -17,10 +17,11 @@ Ray's ports are reachable by every user of the cluster, so this Ray is the job's
 - every port it opens from a band of its own, chosen by the job id (`ray_ports`), where
   Ray's defaults (10001, 8265, 52365, workers 10002-19999) are the same for every job on a
   node; no dashboard;
-- `ray start --block` runs as our child in a process group of its own: leaving stops that
-  group, the processes this task started, never another task's (`ray stop` would). It also
-  dies with us: a SIGKILLed task cannot stop it, so the kernel tells the group's leader
-  (PR_SET_PDEATHSIG), which kills the whole group (GROUP_GUARD).
+- `ray start --block` runs under a small guard in a process group of its own: leaving stops
+  that group, the processes this task started, never another task's (`ray stop` would). It
+  also dies with us: a SIGKILLed task cannot stop it, so the kernel tells the guard
+  (PR_SET_PDEATHSIG), which kills the whole group (GROUP_GUARD). A task killed outright
+  leaves only its temp dir behind (Ray's logs, for the post-mortem).
 """
 
 from __future__ import annotations
