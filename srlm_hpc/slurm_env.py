@@ -1,7 +1,7 @@
 """What a process learns from the environment srun gives it: its rank among the tasks of its
 job step, the job's first node, and a port every task of the job agrees on. DeepSpeed's
-rendezvous (training/distributed.py) and the Ray head of a multi-node vLLM task
-(launch/ray_slurm.py) both use these, so they never pick clashing ports.
+rendezvous (training/distributed.py) uses `slurm_port`; the Ray of a multi-node vLLM task
+takes a band of 200 ports in the same range from its job id (launch/ray_slurm.ray_ports).
 """
 
 from __future__ import annotations
