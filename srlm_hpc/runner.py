@@ -150,7 +150,9 @@ def sweep_shard_temps(cfg: Config, stage: str, shard: int) -> None:
     if stage in ("sft", "dpo"):
         names += ("checkpoint", "model", "train_log.jsonl")
     removed = sweep_temps(cfg.stage_dir(stage), names)
-    for folder in (cfg.stage_dir(stage), stage_manifest(cfg, stage).dir):  # beats, marks, merge files
+    man_dir = stage_manifest(cfg, stage).dir
+    # beats, marks and merge files; the iteration's record-count indexes and summary one level up
+    for folder in (cfg.stage_dir(stage), man_dir, cfg.stage_dir(stage).parent, man_dir.parent):
         removed += sweep_dead_writers_temps(folder)
     if removed:
         print(f"[{stage}] shard {shard}: removed {len(removed)} temp file(s) of an earlier attempt", flush=True)

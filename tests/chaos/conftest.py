@@ -57,7 +57,9 @@ def chaos_results():
     for r in rows:
         for k, n in r["faults"].items():
             faults[k] = faults.get(k, 0) + n
-    summary = {"command": "make chaos", "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    summary = {"command": "make chaos (SRLM_CHAOS=1 SRLM_CHAOS_RESULTS=bench/results/chaos.json pytest tests/chaos); "
+                          "a run of some scenarios (pytest -k) replaces their rows and keeps the others, each row "
+                          "with the time it ran ('when')", "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
                "faults": faults, "records_lost": sum(r["records_lost"] for r in rows),
                "records_duplicated": sum(r["records_duplicated"] for r in rows),
                "outputs_differing": sum(r["outputs_differing"] for r in rows),

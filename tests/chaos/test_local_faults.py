@@ -44,11 +44,12 @@ def reference(tmp_path_factory, tiny_llama):
     return output_files(base), stage_windows(base), commits
 
 
-def check_and_record(base: Path, want: dict, scenario: str, faults: dict, clock: Clock, results: list) -> None:
+def check_and_record(base: Path, want: dict, scenario: str, faults: dict, clock: Clock, results: list,
+                     detail: dict | None = None) -> None:
     got = compare(output_files(base), want)
     left, strays = leftovers(base), stray_processes(base)
     results.append({"scenario": scenario, "faults": dict(faults), **got, "seconds": clock.seconds(),
-                    "temp_files_left": len(left), "processes_left": len(strays)})
+                    "temp_files_left": len(left), "processes_left": len(strays), **(detail or {})})
     assert got["outputs_differing"] == 0, got["differing"]
     assert got["records_lost"] == got["records_duplicated"] == 0
     assert left == [] and strays == []
@@ -127,6 +128,7 @@ def test_sigkill_between_two_writes_inside_a_stage(reference, tmp_path, tiny_lla
     mine = {n: b for n, b in want.items() if n.startswith(f"iter1/{stage}/")}
     assert mine, f"the uninterrupted run has no outputs under iter1/{stage}/"
     rng, clock, faults, restarts = random.Random(f"{SEED}/{stage}"), Clock(), collections.Counter(), 0
+    where = collections.Counter()  # kills just before a commit's rename, and just after one
 
     def check_stage() -> None:
         got = {n: b for n, b in output_files(tmp_path).items() if n.startswith(f"iter1/{stage}/")}
@@ -143,7 +145,7 @@ def test_sigkill_between_two_writes_inside_a_stage(reference, tmp_path, tiny_lla
         proc.stderr.close()
         if proc.returncode == -9:
             faults[f"sigkill:{stage}"] += 1
-            faults[f"sigkill:{stage} {'after' if point.endswith('after') else 'before'} a rename"] += 1
+            where[f"{'after' if point.endswith('after') else 'before'} a rename"] += 1
             continue
         assert proc.returncode == 0, err.decode()[-3000:]
         check_stage()  # it finished what the kills left: same bytes; then start the stage again
@@ -154,7 +156,8 @@ def test_sigkill_between_two_writes_inside_a_stage(reference, tmp_path, tiny_lla
     check_stage()
     check_and_record(tmp_path, {n: b for n, b in want.items() if n.split("/")[1] in STAGES[:STAGES.index(stage) + 1]},
                      f"sigkill between two writes in {stage} ({KILLS_PER_STAGE} asked; the stage finished and "
-                     f"restarted from its snapshot {restarts} time(s))", faults, clock, chaos_results)
+                     f"restarted from its snapshot {restarts} time(s))", faults, clock, chaos_results,
+                     {"kill_points": dict(where), "commits_in_the_measured_run": commits[stage]})
 
 
 DAMAGE = {  # kind: (file under <work>/iter1, what is done to it)
