@@ -39,6 +39,10 @@ class StageSubmission:
     def job_ids(self) -> list[str]:
         return sorted(set(self.submitted.values()) | set(self.in_queue.values()))
 
+    def array_jobs(self) -> list[str]:
+        """The array jobs this submit queued: several when the shards exceed MaxArraySize."""
+        return sorted({j.split("_")[0] for j in self.submitted.values()}, key=lambda j: (len(j), j))  # 999 < 1000
+
 
 class SlurmUnavailable(WorkFailed):
     """squeue did not answer: no controller running, a wrong SLURM_CONF, munge down."""
@@ -221,7 +225,7 @@ def submit_range(work: list[tuple[Config, Path, list[str]]]) -> list[StageSubmis
             subs.append(sub)
             print(f"[{stage}] iter {k}: {sub.n_shards} shard(s): {sub.done} done, "
                   f"{len(sub.in_queue)} already queued, {len(sub.submitted)} submitted"
-                  + (f" as job {sorted(set(j.split('_')[0] for j in sub.submitted.values()))[0]}"
+                  + (f" as job {','.join(sub.array_jobs())}"
                      if sub.submitted else "") + (f" after {','.join(dependency)}" if sub.submitted and dependency
                                                   else ""), flush=True)
             if sub.exhausted:

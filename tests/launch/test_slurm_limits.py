@@ -77,7 +77,7 @@ def array_tasks(slurm, job_ids: list[str], n: int) -> list[str]:
 
 
 def test_a_stage_past_max_array_size_is_queued_as_several_arrays_each_shard_once(array_limit, slurm, tmp_path,
-                                                                                 tiny_llama):
+                                                                                 tiny_llama, capsys):
     # The limit is real: Slurm itself refuses an array index at MaxArraySize.
     refused = slurm.run(["sbatch", f"--array=0-{array_limit}", "--output=/dev/null", "--wrap=true"], check=False)
     assert refused.returncode != 0 and "array" in refused.stderr.lower(), refused.stderr
@@ -90,6 +90,7 @@ def test_a_stage_past_max_array_size_is_queued_as_several_arrays_each_shard_once
 
     work = prepare(tmp_path / "slurm", tiny_llama)
     args = ["stage=prompts", "executor=slurm", *prompts_args(work, n)]
+    capsys.readouterr()
     assert submit(args) == 0
     man = StageManifest(build_config({"work_dir": str(work)}).manifest_root, 1, "prompts")
     queued = {shard: man.queued_job(shard) for shard in range(n)}
@@ -101,6 +102,8 @@ def test_a_stage_past_max_array_size_is_queued_as_several_arrays_each_shard_once
     per_job = array_limit - 1
     assert sorted(jobs.values()) == sorted([list(range(per_job)), list(range(n - per_job))]), queued
     assert len(set(queued.values())) == n  # each shard has an array task of its own
+    said = capsys.readouterr().out
+    assert f"{n} submitted as job {','.join(sorted(jobs, key=int))}" in said, said  # submit names both
 
     # The same command with wait=true finds every shard queued, adds nothing, and waits.
     assert submit([*args, "wait=true"]) == 0
