@@ -506,6 +506,7 @@ BOUNDS: dict[str, str] = {
     "slurm.mem_gb": "[0, inf)", "slurm.array_parallelism": "[1, inf)", "slurm.max_retries": "[1, inf)",
     "slurm.heartbeat_s": "[1, inf)", "slurm.stale_after_s": "(0, inf)", "slurm.train_nodes": "[1, inf)",
     "slurm.train_gpus_per_node": "[0, inf)", "slurm.train_tasks_per_node": "[1, inf)",
+    "slurm.max_timeouts": "[0, inf)",
 }
 BOUND_REASONS = {
     "prompts.n_prompts": "zero prompts is a plan with no work",

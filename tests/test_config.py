@@ -76,13 +76,14 @@ def test_bounds_table_lists_every_bad_value_at_once():
     with pytest.raises(ConfigError) as e:
         parse_args(["dpo.micro_batch_size=0", "slurm.heartbeat_s=0", "slurm.max_retries=0", "pairs.min_valid=0",
                     "dpo.lr=nan", "dpo.beta=-1", "pairs.zstd_level=99", "prompts.n_prompts=0", "sft.lr=inf",
-                    "eval.max_rm_prompts=0", "eval.max_h2h_prompts=0"])
+                    "eval.max_rm_prompts=0", "eval.max_h2h_prompts=0", "slurm.max_timeouts=-1"])
     msg = str(e.value)
     for line in ("dpo.micro_batch_size=0: expected a value >= 1", "slurm.heartbeat_s=0.0: expected a value >= 1",
                  "slurm.max_retries=0: expected a value >= 1", "pairs.min_valid=0: expected a value >= 2",
                  "dpo.lr=nan: expected a finite number", "dpo.beta=-1.0: expected a value > 0",
                  "pairs.zstd_level=99: expected a value in [1, 22]", "prompts.n_prompts=0: expected a value >= 1",
-                 "sft.lr=inf: expected a finite number", "an eval of zero prompts is a plan with no work"):
+                 "sft.lr=inf: expected a finite number", "an eval of zero prompts is a plan with no work",
+                 "slurm.max_timeouts=-1: expected a value >= 0"):
         assert line in msg, line
     assert "ZeroDivisionError" not in msg
 
