@@ -16,7 +16,7 @@ PYTHON="${SRLM_PYTHON:-python}"
 worker=""
 
 requeue() {
-    echo "[srlm] $(date -Is) USR2 on ${SLURM_JOB_ID}: stopping shard ${SLURM_ARRAY_TASK_ID:-0} of ${STAGE}, then requeueing"
+    echo "[srlm] $(date -Is) USR2 on ${SLURM_JOB_ID}: stopping shard ${SHARD:-${SLURM_ARRAY_TASK_ID:-0}} of ${STAGE}, then requeueing"
     if [[ -n "$worker" ]]; then
         # TERM to the step's tasks (the workers), not to srun: srun answers its own TERM by
         # SIGKILLing the step at once ("forcing job termination"), before any checkpoint.
@@ -30,8 +30,9 @@ requeue() {
 }
 trap requeue USR2
 
-# A shard is one array element: its index is the shard number.
-SHARD="${SLURM_ARRAY_TASK_ID:-0}"
+# A shard is one array element: its index plus the offset of its array job (iteration.sh
+# splits a stage into arrays below the cluster's MaxArraySize).
+SHARD="$(( ${SRLM_SHARD_OFFSET:-0} + ${SLURM_ARRAY_TASK_ID:-0} ))"
 # `|| SRLM_LOG=""`: under pipefail a failing scontrol (controller restarting) must not end the task.
 SRLM_LOG="$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/.*StdOut=\([^ ]*\).*/\1/p' | head -n 1)" || SRLM_LOG=""
 export SRLM_LOG  # status points at it

@@ -43,21 +43,28 @@ for k in $iters; do
     dpo_job=""
     for stage in $stages; do
         script="$stage"; [[ "$stage" == pairs ]] && script=merge
-        shards="$("$PYTHON" -m srlm_hpc.worker --pending "$config" "$stage")"
-        if [[ -z "$shards" ]]; then
+        # One line "OFFSET INDICES SHARDS" per array job: Slurm refuses an array index at or
+        # above MaxArraySize, so shard s runs as index s - OFFSET (common.sh adds it back).
+        slices="$("$PYTHON" -m srlm_hpc.worker --array-slices "$config" "$stage")"
+        if [[ -z "$slices" ]]; then
             echo "[$stage] every shard is done"
             continue
         fi
         # Nodes, tasks and GPUs per array task from the config (tensor/pipeline parallel vLLM,
         # DeepSpeed ranks): the same request submitit makes. Options after -- still win.
         read -r -a layout <<<"$("$PYTHON" -m srlm_hpc.worker --resources "$config" "$stage")"
-        job="$(sbatch --parsable --array="$shards" ${dep:+--dependency=afterok:$dep} "${layout[@]}" \
-            --export=ALL,SRLM_HOME="$SRLM_HOME",SRLM_PYTHON="$PYTHON" "${sbatch_opts[@]}" \
-            "$here/$script.sbatch" "$config")" || { echo "error: sbatch refused the $stage job (its message is above)" >&2; exit 1; }
-        job="${job%%;*}"
-        echo "[$stage] shards $shards submitted as job $job${dep:+ after $dep}"
-        dep="$job"
-        if [[ "$stage" == dpo ]]; then dpo_job="$job"; fi
+        jobs=""
+        while read -r offset indices shards; do
+            job="$(sbatch --parsable --array="$indices" ${dep:+--dependency=afterok:$dep} "${layout[@]}" \
+                --export=ALL,SRLM_HOME="$SRLM_HOME",SRLM_PYTHON="$PYTHON",SRLM_SHARD_OFFSET="$offset" \
+                "${sbatch_opts[@]}" "$here/$script.sbatch" "$config")" \
+                || { echo "error: sbatch refused the $stage job (its message is above)" >&2; exit 1; }
+            job="${job%%;*}"
+            echo "[$stage] shards $shards submitted as job $job${dep:+ after $dep}"
+            jobs="${jobs:+$jobs:}$job"
+        done <<<"$slices"
+        dep="$jobs"
+        if [[ "$stage" == dpo ]]; then dpo_job="$jobs"; fi
     done
     dep="$dpo_job"  # the next iteration starts from this one's M_{k+1}
 done

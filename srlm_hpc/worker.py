@@ -3,6 +3,8 @@ plain sbatch script.
 
     python -m srlm_hpc.worker CONFIG_JSON STAGE [SHARD]     # SHARD defaults to $SLURM_ARRAY_TASK_ID
     python -m srlm_hpc.worker --pending CONFIG_JSON STAGE   # prints the unfinished shards, "0,3,7"
+    python -m srlm_hpc.worker --array-slices CONFIG_JSON STAGE   # the same as array jobs under MaxArraySize:
+                                                            # a line "OFFSET INDICES SHARDS" per job
     python -m srlm_hpc.worker --write-config key=value ...  # saves the resolved config, prints its path
     python -m srlm_hpc.worker --stages CONFIG_JSON          # the stages of that iteration, in order
     python -m srlm_hpc.worker --resources CONFIG_JSON STAGE # sbatch layout options: nodes, tasks, GPUs
@@ -122,6 +124,18 @@ def pending(config_path: str, stage: str) -> list[int]:
     return todo
 
 
+def array_slices(shards: list[int], max_array: int) -> list[tuple[int, list[int]]]:
+    """(offset, array indices) per array job for these shards: Slurm refuses an index at or
+    above MaxArraySize (1001 by default), so shard s runs as index s - offset of its slice
+    (slurm/common.sh adds SRLM_SHARD_OFFSET back)."""
+    out: list[tuple[int, list[int]]] = []
+    for s in sorted(shards):
+        if not out or s - out[-1][0] >= max_array:
+            out.append((s, []))
+        out[-1][1].append(s - out[-1][0])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from .cli import main_with_help
 
@@ -131,6 +145,13 @@ def main(argv: list[str] | None = None) -> int:
 def _worker(argv: list[str]) -> int:
     if argv[:1] == ["--pending"] and len(argv) == 3:
         print(",".join(map(str, pending(argv[1], argv[2]))))
+        return 0
+    if argv[:1] == ["--array-slices"] and len(argv) == 3:
+        from .launch.slurm import max_array_size
+
+        todo = pending(argv[1], argv[2])
+        for offset, indices in array_slices(todo, max_array_size()) if todo else []:
+            print(offset, ",".join(map(str, indices)), ",".join(str(offset + i) for i in indices))
         return 0
     if argv[:1] == ["--write-config"]:
         from .config import absolute_paths, parse_args
@@ -151,7 +172,7 @@ def _worker(argv: list[str]) -> int:
     if len(argv) not in (2, 3) or argv[0].startswith("-"):
         from .cli import UsageError
 
-        raise UsageError(f"expected CONFIG_JSON STAGE [SHARD] or one of --pending, --write-config, --stages, "
+        raise UsageError(f"expected CONFIG_JSON STAGE [SHARD] or one of --pending, --array-slices, --write-config, --stages, "
                          f"--resources; got {' '.join(argv) or 'nothing'} (python -m srlm_hpc.worker --help)")
     shard = argv[2] if len(argv) == 3 else os.environ.get("SLURM_ARRAY_TASK_ID")
     if shard is None:

@@ -84,3 +84,14 @@ def test_generation_stages_share_resources():
     for stage in ("prompts", "responses", "eval", "eft"):
         d = directives(SLURM / f"{script_name(stage)}.sbatch")
         assert (d["cpus-per-task"], d["time"]) == (ref["cpus-per-task"], ref["time"]), stage
+
+
+def test_array_slices_keep_every_index_below_max_array_size():
+    from srlm_hpc.worker import array_slices
+
+    assert array_slices([0, 1, 2, 3, 4, 5], 5) == [(0, [0, 1, 2, 3, 4]), (5, [0])]
+    assert array_slices([3, 7, 8, 2000, 2004], 1001) == [(3, [0, 4, 5]), (2000, [0, 4])]
+    shards = list(range(0, 5000, 3))
+    slices = array_slices(shards, 1001)
+    assert [o + i for o, idx in slices for i in idx] == shards  # every shard once, in order
+    assert max(i for _, idx in slices for i in idx) <= 1000

@@ -114,3 +114,31 @@ def test_a_stage_past_max_array_size_is_queued_as_several_arrays_each_shard_once
     assert [s.attempt for s in states] == [1] * n
     assert [s.job_id for s in states] == [queued[i] for i in range(n)]  # run by the task queued for it
     assert prompt_files(work) == want  # the split changes nothing in the outputs
+
+
+def test_plain_sbatch_splits_a_stage_past_max_array_size_too(array_limit, slurm, tmp_path, tiny_llama):
+    """slurm/iteration.sh queues the same 6 shards as arrays with an offset (shard = offset +
+    array index, added back by common.sh): every shard done once, bytes as a local run's."""
+    import subprocess
+    import sys
+
+    n = array_limit + 1
+    local = prepare(tmp_path / "local", tiny_llama)
+    assert submit(["stage=prompts", "executor=local", *prompts_args(local, n)]) == 0
+    work = prepare(tmp_path / "sbatch", tiny_llama)
+    repo = Path(__file__).resolve().parents[2]
+    cmd = [str(repo / "slurm" / "iteration.sh"), "stage=prompts", *prompts_args(work, n),
+           "--", "--partition=low", "--cpus-per-task=1", f"--chdir={tmp_path}"]
+    out = subprocess.run(cmd, env={**os.environ, "SRLM_PYTHON": sys.executable}, capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    per_job = array_limit  # indices 0..MaxArraySize-1, which sbatch takes
+    first = ",".join(map(str, range(per_job)))
+    rest = ",".join(map(str, range(per_job, n)))
+    assert f"[prompts] shards {first} submitted as job" in out.stdout, out.stdout
+    assert f"[prompts] shards {rest} submitted as job" in out.stdout, out.stdout
+    slurm.wait_for(lambda: not queued_jobs() or None, timeout=300, interval=1, what="the sbatch arrays to finish")
+    man = StageManifest(build_config({"work_dir": str(work)}).manifest_root, 1, "prompts")
+    states = man.states(n)
+    assert [s.state for s in states] == ["done"] * n and [s.attempt for s in states] == [1] * n
+    assert prompt_files(work) == prompt_files(local)
