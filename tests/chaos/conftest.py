@@ -1,11 +1,14 @@
 """The fault-injection suite's switches and its result file.
 
 `make chaos` runs everything here (SRLM_CHAOS=1) and writes bench/results/chaos.json;
-`make test` runs the subset that fits CI's budget: one kill per stage, a few input kinds; on
-Slurm, preemption during SFT, two submits at once, `scancel` of a running task and a silent
+`make test` runs the subset that fits CI's budget: one kill per stage at a drawn moment and
+one between two writes in SFT, responses and the merge, a few input kinds; on Slurm,
+preemption during SFT, two submits at once, `scancel` of a running task and a silent
 controller ending a wait (about 2.5 min together). Tests marked chaos_full are skipped there,
 with the reason: on Slurm, a submit killed while queueing, slurmd killed and restarted (about
-6 min, most of it Slurm noticing the lost tasks) and slurmctld restarted while submit waits.
+6 min, most of it Slurm noticing the lost tasks), slurmctld restarted while submit waits, a
+task timed out more often than slurm.max_timeouts allows (about 3.5 min) and two-rank
+DeepSpeed SFT preempted (about 2 min).
 """
 
 from __future__ import annotations
