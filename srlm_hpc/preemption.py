@@ -65,6 +65,24 @@ def term_is_preemption() -> None:
         signal.signal(s, handler)
 
 
+@contextlib.contextmanager
+def handlers_kept(signals: tuple[int, ...] = DEFERRED):
+    """Put this task's handlers of `signals` back after the block, whatever it installed: a
+    library that takes SIGTERM over (ray.init, and vLLM through it when its pipeline spans
+    Ray nodes) would otherwise end a preempted task at once, past every checkpoint and
+    `finally`. Outside the main thread nothing can be set, and nothing is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {s: signal.getsignal(s) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            if handler is not None:  # None: set outside Python; nothing to restore it with
+                signal.signal(s, handler)
+
+
 class NotedSignals:
     def __init__(self):
         self.received: list[int] = []

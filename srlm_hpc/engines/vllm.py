@@ -28,12 +28,14 @@ with a no-op on CPU; `close()` puts the latter back.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from ..preemption import handlers_kept
 from .base import ChatTokenizing, Completion, Job, SamplingConfig
 
 GiB = 1 << 30
@@ -129,26 +131,29 @@ class VLLMEngine(ChatTokenizing):
         self.eos_token_id = self.tokenizer.eos_token_id
         self._vllm = vllm
         self._set_num_threads = torch.set_num_threads  # the CPU worker replaces it with a no-op
-        self.llm = vllm.LLM(
-            model=str(model_path),
-            tokenizer=str(model_path),
-            dtype=stored_dtype(model_path) if dtype == "auto" else dtype,
-            seed=seed,
-            tensor_parallel_size=tensor_parallel_size,
-            pipeline_parallel_size=pipeline_parallel_size,
-            gpu_memory_utilization=gpu_memory_utilization,
-            enable_prefix_caching=enable_prefix_caching,
-            max_model_len=max_model_len,
-            kv_cache_memory_bytes=None if kv_cache_gb is None else int(kv_cache_gb * GiB),
-            enforce_eager=device == "cpu",
-            # Pipeline stages on several nodes: the Ray cluster the Slurm task started
-            # (launch/ray_slurm.py) is in RAY_ADDRESS; on one node vLLM picks its own.
-            distributed_executor_backend="ray" if os.environ.get("RAY_ADDRESS") else None,
-            # Sample exactly as asked: ignore sampling defaults in the model's
-            # generation_config.json, and stop on the tokenizer's end token as `hf` does.
-            generation_config="vllm",
-            **cpu_only,
-        )
+        # With a Ray cluster vLLM calls ray.init, which takes SIGTERM over: keep the task's
+        # own handlers (a preempted task must reach its checkpoint; preemption.py).
+        with handlers_kept() if os.environ.get("RAY_ADDRESS") else contextlib.nullcontext():
+            self.llm = vllm.LLM(
+                model=str(model_path),
+                tokenizer=str(model_path),
+                dtype=stored_dtype(model_path) if dtype == "auto" else dtype,
+                seed=seed,
+                tensor_parallel_size=tensor_parallel_size,
+                pipeline_parallel_size=pipeline_parallel_size,
+                gpu_memory_utilization=gpu_memory_utilization,
+                enable_prefix_caching=enable_prefix_caching,
+                max_model_len=max_model_len,
+                kv_cache_memory_bytes=None if kv_cache_gb is None else int(kv_cache_gb * GiB),
+                enforce_eager=device == "cpu",
+                # Pipeline stages on several nodes: the Ray cluster the Slurm task started
+                # (launch/ray_slurm.py) is in RAY_ADDRESS; on one node vLLM picks its own.
+                distributed_executor_backend="ray" if os.environ.get("RAY_ADDRESS") else None,
+                # Sample exactly as asked: ignore sampling defaults in the model's
+                # generation_config.json, and stop on the tokenizer's end token as `hf` does.
+                generation_config="vllm",
+                **cpu_only,
+            )
 
     def generate(self, conversations: list[list[dict]], params: SamplingConfig) -> list[list[Completion]]:
         if not conversations:

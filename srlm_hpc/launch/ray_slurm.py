@@ -36,13 +36,13 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ..preemption import handlers_kept
 from ..slurm_env import SLURM_BASE_PORT, SLURM_PORT_SPAN, first_host
 
 # One job's Ray uses 11 service ports and one port per live worker process (each core worker
@@ -160,14 +160,12 @@ def alive_nodes(address: str) -> int:
     `finally` (Ray 2.60); the task's own handler (preemption.py) is put back."""
     import ray
 
-    on_term = signal.getsignal(signal.SIGTERM)
-    ray.init(address=address, ignore_reinit_error=True, logging_level="ERROR")
-    try:
-        return sum(1 for n in ray.nodes() if n.get("Alive"))
-    finally:
-        ray.shutdown()
-        if on_term is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, on_term)
+    with handlers_kept():
+        ray.init(address=address, ignore_reinit_error=True, logging_level="ERROR")
+        try:
+            return sum(1 for n in ray.nodes() if n.get("Alive"))
+        finally:
+            ray.shutdown()
 
 
 def head_reachable(address: str, timeout_s: float = 2) -> bool:
