@@ -44,7 +44,10 @@ def _die() -> None:
 
 
 def at(name: str) -> None:
-    """SIGKILL this process here when SRLM_FAULT_POINT names this point."""
+    """SIGKILL this process here when SRLM_FAULT_POINT names this point. The named points sit
+    where no clock lands reliably: between an output's rename and its mark_done
+    ("before-mark-done"), inside a finalize ("before-mark-finalized"), and in submit between
+    queueing an array and recording its job ids ("after-queueing")."""
     if os.environ.get("SRLM_FAULT_POINT") == name:
         _die()
 

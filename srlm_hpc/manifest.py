@@ -126,6 +126,11 @@ def recording_reads() -> Iterator[list[dict]]:
         _reads = outer
 
 
+def read_label(entry: dict) -> str:
+    """`stage/iter/shard:digest` of one input a shard read (note_read) or a model it uses."""
+    return f"{entry['stage']}/{entry['iter']}/{entry['shard']}:{entry['digest']}"
+
+
 def current_reads() -> list[dict]:
     """What the shard has read so far (empty outside recording_reads)."""
     return list(_reads or [])

@@ -23,8 +23,8 @@ from . import faults, timing
 from .config import Config, env_threads
 from .log import say, shard_log, shard_log_path
 from .files import file_info, output_digest, recover_replaced_dir, sweep_dead_writers_temps, sweep_temps
-from .manifest import (OwnershipLostError, ShardBusyError, StageManifest, new_owner_token, recorded_digest,
-                       recording_reads)
+from .manifest import (OwnershipLostError, ShardBusyError, StageManifest, new_owner_token, read_label,
+                       recorded_digest, recording_reads)
 from .preemption import Preempted, was_requeued
 from .shards import parts_belong_to
 from .stages import get_stage
@@ -105,13 +105,6 @@ def spans_ray_nodes(cfg: Config, stage: str, world: int) -> bool:
     return stage in GENERATION and cfg.vllm.pipeline_parallel_size > 1 and world > 1
 
 
-def fault_point(name: str) -> None:
-    """For the fault-injection suite (faults.py): SIGKILL here when SRLM_FAULT_POINT names this
-    point. Two points sit where no time-based kill lands reliably: between an output's rename
-    and its mark_done, and inside a finalize."""
-    faults.at(name)
-
-
 def liveness_s(cfg: Config) -> float:
     """How long a running shard's heartbeat may stand still before its owner counts as dead:
     three missed beats, plus slack for a loaded shared filesystem."""
@@ -175,7 +168,7 @@ def training_identity(cfg: Config, stage: str, config: str):
         pairs = recorded_digest(cfg.manifest_root, cfg.run.iter, "pairs", 0)
         data.append({"iter": cfg.run.iter, "stage": "pairs", "shard": 0, "digest": pairs})
     return checkpoint_identity(stage=stage, iter=cfg.run.iter, config=config,
-                               data=[f"{d['stage']}/{d['iter']}/{d['shard']}:{d['digest']}" for d in data])
+                               data=[read_label(d) for d in data])
 
 
 def check_shaping(cfg: Config, stage: str, man: StageManifest) -> str:
@@ -258,7 +251,7 @@ def _run_shard(cfg: Config, stage: str, shard: int, log: str, rank: int, world: 
         except OwnershipLostError as lost:
             print(f"[{stage}] {lost}", flush=True)
         raise
-    fault_point("before-mark-done")  # the output is renamed into place; the manifest does not know yet
+    faults.at("before-mark-done")  # the output is renamed into place; the manifest does not know yet
     try:
         man.mark_done(shard, info, owner=owner, inputs=reads + read_models(cfg, stage), timing=spent)
     except OwnershipLostError as e:
@@ -359,7 +352,7 @@ def finish_stage_if_complete(cfg: Config, stage: str) -> bool:
 
         with contextlib.suppress(OSError, ValueError):
             write_iteration_curves(cfg.work_dir, cfg.run.iter)
-    fault_point("before-mark-finalized")
+    faults.at("before-mark-finalized")
     files = [cfg.iter_dir() / rel for rel in FINAL_FILES[stage]]
     man.mark_finalized(inputs, [file_info(p, records=0) for p in files if p.exists()])
     return True

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from . import progress
 from .config import Config
 from .files import CorruptFileError, FileInfo, iter_jsonl, output_digest, output_info, read_jsonl, write_jsonl
-from .manifest import StageManifest, current_reads, note_read
+from .manifest import StageManifest, current_reads, note_read, read_label
 
 
 class UpstreamNotReadyError(RuntimeError):
@@ -221,8 +221,7 @@ def parts_belong_to(identity: str, with_reads: bool = True):
 def parts_key(chunk_size: int) -> str:
     """`c<size>-<10 hex>`: the chunk size, and a digest of the identity and of every upstream
     output the shard has read so far (a stage reads its inputs before its first chunk)."""
-    reads = sorted(f"{r['stage']}/{r['iter']}/{r['shard']}:{r['digest']}" for r in current_reads()) \
-        if _with_reads else []
+    reads = sorted(map(read_label, current_reads())) if _with_reads else []
     digest = hashlib.sha256(json.dumps([chunk_size, _identity, reads]).encode()).hexdigest()
     return f"c{chunk_size}-{digest[:10]}"
 

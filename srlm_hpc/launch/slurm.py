@@ -18,11 +18,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import faults
 from ..cli import WorkFailed
 from ..config import Config
 from ..iterations import not_ready_message, outside_upstreams, stage_progress, upstreams_of
 from ..manifest import StageManifest
-from ..runner import fault_point, finish_stage_if_complete, plan_stage, unfinished_shards
+from ..runner import finish_stage_if_complete, plan_stage, unfinished_shards
 from .resources import stage_resources
 from ..worker import ShardTask
 
@@ -165,7 +166,7 @@ def submit_stage(cfg: Config, config_path: Path, stage: str, dependency: list[st
         for i in range(0, len(to_submit), size):
             part = to_submit[i:i + size]
             jobs = executor.map_array(ShardTask(str(config_path), stage), part)
-            fault_point("after-queueing")  # queued, not yet recorded: a killed submit leaves this
+            faults.at("after-queueing")  # queued, not yet recorded: a killed submit leaves this
             for shard, job in zip(part, jobs):
                 sub.submitted[shard] = job.job_id
                 man.mark_queued(shard, job.job_id)
