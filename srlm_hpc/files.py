@@ -130,10 +130,14 @@ def temp_dir_beside(dest: Path, suffix: str = ".tmp") -> Path:
     return tmp
 
 
+def _short_host() -> str:
+    return socket.gethostname().split(".")[0]  # no dots: the tag stays one field of the name
+
+
 def writer_tag() -> str:
     """`<host>-<pid>` in a temp file's name: whose it is, so one left by a killed process can
     be told from one a live process is writing (sweep_dead_writers_temps)."""
-    return f"{socket.gethostname().split('.')[0]}-{os.getpid()}"
+    return f"{_short_host()}-{os.getpid()}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -154,7 +158,7 @@ def sweep_dead_writers_temps(folder: Path, max_age_s: float = 3600) -> list[str]
     removed = []
     if not folder.is_dir():
         return removed
-    host, now = socket.gethostname().split(".")[0], time.time()
+    host, now = _short_host(), time.time()
     for p in folder.glob(".*.tmp"):
         tag = p.name[:-len(".tmp")].split(".")[-2] if p.name.count(".") >= 3 else ""
         who, _, pid = tag.rpartition("-")
