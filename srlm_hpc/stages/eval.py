@@ -297,18 +297,18 @@ def run_shard(cfg: Config, shard: int) -> FileInfo:
     # Each phase is (request, to_records) of one chunk for run_chunked_generation: request(chunk,
     # c) -> (conversations, params) of its generate call, to_records(chunk, c, completions).
     def judge_rm(role: str):
-        def sets(chunk: list[dict]) -> list[ResponseSet]:
-            count = engine(role).count_tokens
-            return [ResponseSet(t["prompt_id"], t["prompt"], [Response(x["id"], x["text"], count(x["text"]))
-                                                              for x in t["replies"]]) for t in chunk]
+        built: dict[int, list[ResponseSet]] = {}  # chunk -> its sets, made (and tokenized) once
 
         def request(chunk: list[dict], c: int):
-            return judge_conversations(sets(chunk)), SamplingConfig(
+            count = engine(role).count_tokens
+            built[c] = [ResponseSet(t["prompt_id"], t["prompt"], [Response(x["id"], x["text"], count(x["text"]))
+                                                                  for x in t["replies"]]) for t in chunk]
+            return judge_conversations(built[c]), SamplingConfig(
                 n=j.k, temperature=j.temperature, top_p=j.top_p, max_tokens=j.max_tokens, seed=seed("rm", c))
 
         def to_records(chunk: list[dict], c: int, outs) -> list[dict]:
             return [{"kind": "rm", "ranks": [x["rank"] for x in t["replies"]], **s.to_dict()}
-                    for t, s in zip(chunk, fill_judgements(sets(chunk), outs))]
+                    for t, s in zip(chunk, fill_judgements(built.pop(c), outs))]
         return request, to_records
 
     def answer():
